@@ -1,0 +1,128 @@
+"""Apply a :class:`~spa_export.plan.PrunePlan` once: a smaller plain PyTorch network.
+
+Works on a copy; the caller's network is never modified. Every module named
+in the plan is replaced by a standard module of the smaller shape, with the
+kept slices of its parameters. Constant contributions go into the consumer's
+bias, or, where they vary over positions, into an :class:`AddConstant` after
+it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from spa_export.arch import set_submodule
+from spa_export.errors import BuildError
+from spa_export.plan.model import ConstantFold, ModulePlan, PrunePlan
+
+
+class AddConstant(nn.Module):
+    """``module(x) + constant``: a consumer plus the fixed contribution of removed channels."""
+
+    def __init__(self, module: nn.Module, constant: torch.Tensor) -> None:
+        super().__init__()
+        self.module = module
+        self.register_buffer("constant", constant.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x) + self.constant
+
+
+def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
+    """Return a pruned copy of ``model`` (the merged network the plan was made on)."""
+    pruned = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for name, mp in plan.modules.items():
+            set_submodule(pruned, name, _slice(pruned.get_submodule(name), name, mp))
+        for name, fold in plan.folds.items():
+            mp = plan.modules.get(name)
+            set_submodule(pruned, name, _fold(pruned.get_submodule(name), fold, mp))
+    return pruned
+
+
+def _index(keep: list[int] | None, size: int) -> torch.Tensor:
+    return torch.arange(size) if keep is None else torch.as_tensor(keep, dtype=torch.long)
+
+
+def _slice(mod: nn.Module, name: str, mp: ModulePlan) -> nn.Module:
+    if mp.kind == "batchnorm":
+        return _slice_bn(mod, _index(mp.out_keep, mod.num_features))
+    if mp.kind == "depthwise":
+        keep = _index(mp.out_keep, mod.out_channels)
+        new = _conv_like(mod, len(keep), len(keep), len(keep))
+        new.weight.copy_(mod.weight[keep])
+        if mod.bias is not None:
+            new.bias.copy_(mod.bias[keep])
+        return new
+    if mp.kind == "linear":
+        out_i, in_i = _index(mp.out_keep, mod.out_features), _index(mp.in_keep, mod.in_features)
+        new = nn.Linear(len(in_i), len(out_i), bias=mod.bias is not None)
+        new.weight.copy_(mod.weight[out_i][:, in_i])
+        if mod.bias is not None:
+            new.bias.copy_(mod.bias[out_i])
+        return new
+    return _slice_conv(mod, name, mp)
+
+
+def _slice_conv(mod: nn.Module, name: str, mp: ModulePlan) -> nn.Module:
+    g = mod.groups
+    out_i, in_i = _index(mp.out_keep, mod.out_channels), _index(mp.in_keep, mod.in_channels)
+    per_in, per_out = mod.in_channels // g, mod.out_channels // g
+    local = [[int(i) - j * per_in for i in in_i.tolist() if int(i) // per_in == j] for j in range(g)]
+    outs = [[int(o) for o in out_i.tolist() if int(o) // per_out == j] for j in range(g)]
+    if len({len(x) for x in local}) != 1 or len({len(x) for x in outs}) != 1 or not local[0] or not outs[0]:
+        raise BuildError(f"internal error: the plan leaves unequal groups in '{name}'")
+    new = _conv_like(mod, len(in_i), len(out_i), g)
+    cols = torch.as_tensor([local[int(o) // per_out] for o in out_i.tolist()], dtype=torch.long)
+    w = mod.weight[out_i]
+    new.weight.copy_(torch.gather(w, 1, cols.view(*cols.shape, *([1] * (w.dim() - 2))).expand(
+        -1, -1, *w.shape[2:])))
+    if mod.bias is not None:
+        new.bias.copy_(mod.bias[out_i])
+    return new
+
+
+def _conv_like(mod: nn.Module, cin: int, cout: int, groups: int, *, bias: bool | None = None) -> nn.Module:
+    return type(mod)(
+        cin, cout, mod.kernel_size, stride=mod.stride, padding=mod.padding, dilation=mod.dilation,
+        groups=groups, bias=(mod.bias is not None) if bias is None else bias,
+        padding_mode=mod.padding_mode,
+    ).eval()
+
+
+def _slice_bn(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
+    new = type(mod)(len(keep), eps=mod.eps, momentum=mod.momentum, affine=mod.affine,
+                    track_running_stats=mod.track_running_stats).eval()
+    if mod.affine:
+        new.weight.copy_(mod.weight[keep])
+        new.bias.copy_(mod.bias[keep])
+    new.running_mean.copy_(mod.running_mean[keep])
+    new.running_var.copy_(mod.running_var[keep])
+    if mod.num_batches_tracked is not None:
+        new.num_batches_tracked.copy_(mod.num_batches_tracked)
+    return new
+
+
+def _fold(mod: nn.Module, fold: ConstantFold, mp: ModulePlan | None) -> nn.Module:
+    size = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+    out_i = _index(mp.out_keep if mp else None, fold.bias.shape[0] if fold.bias is not None
+                   else fold.tensor.shape[0])
+    if fold.tensor is not None:
+        return AddConstant(mod, fold.tensor[out_i].to(mod.weight.dtype))
+    delta = fold.bias[out_i].to(mod.weight.dtype)
+    if len(delta) != size:
+        raise BuildError(f"internal error: constant fold for '{fold.module}' has {len(delta)} channels, "
+                         f"the layer {size}")
+    if mod.bias is None:
+        if isinstance(mod, nn.Linear):
+            new = nn.Linear(mod.in_features, mod.out_features, bias=True)
+        else:
+            new = _conv_like(mod, mod.in_channels, mod.out_channels, mod.groups, bias=True)
+        new.weight.copy_(mod.weight)
+        new.bias.zero_()
+        mod = new
+    mod.bias.add_(delta)
+    return mod

@@ -1,0 +1,163 @@
+"""Architectures and base checkpoints.
+
+An architecture spec names a factory returning an ``nn.Module``:
+
+* ``torchvision:NAME`` - a torchvision classification model, built with
+  ``weights=None`` (nothing is downloaded), plus optional keyword arguments;
+* ``package.module:callable`` - a user's factory. The module is imported
+  because the user named it: that runs its code, which is the user's choice.
+
+Checkpoints are read without running code: safetensors, or a PyTorch state
+dict through ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spa_export.errors import ArchitectureError, CheckpointError
+
+_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_]\w*)$")
+
+
+def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
+    """Instantiate the architecture ``spec`` in eval mode (random weights)."""
+    if not isinstance(spec, str) or not _SPEC.match(spec.strip()):
+        raise ArchitectureError(
+            f"architecture '{spec}' is not of the form 'torchvision:NAME' or 'package.module:callable'"
+        )
+    module_name, attr = spec.strip().split(":", 1)
+    kwargs: dict[str, object] = {}
+    if module_name == "torchvision":
+        import torchvision
+
+        names = set(torchvision.models.list_models(module=torchvision.models))
+        if attr not in names:
+            raise ArchitectureError(
+                f"unknown torchvision classification model '{attr}' "
+                f"(known: {', '.join(sorted(names)[:8])}, ...)"
+            )
+        factory = torchvision.models.get_model_builder(attr)
+        kwargs["weights"] = None
+        if attr.startswith("inception_v3") or attr.startswith("googlenet"):
+            kwargs["aux_logits"] = False
+            kwargs["init_weights"] = False
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as err:  # the user's module: any import error is bad input
+            raise ArchitectureError(f"cannot import '{module_name}' for architecture '{spec}': {err}") from err
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise ArchitectureError(f"'{module_name}' has no callable '{attr}' (architecture '{spec}')")
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = factory(**kwargs)
+    except Exception as err:
+        raise ArchitectureError(f"architecture '{spec}' failed to build: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise ArchitectureError(f"architecture '{spec}' returned {type(model).__name__}, not an nn.Module")
+    return model.eval()
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a base checkpoint (``.safetensors``, or ``.pt``/``.pth`` state dict) without running code."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such file")
+    with open(p, "rb") as fh:
+        head = fh.read(16)
+    is_zip = head[:4] == b"PK\x03\x04"
+    is_pickle = head[:1] == b"\x80"
+    try:
+        if not is_zip and not is_pickle:
+            from safetensors.torch import load_file
+
+            sd = load_file(str(p))
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:
+        kind = "PyTorch checkpoint" if (is_zip or is_pickle) else "safetensors file"
+        raise CheckpointError(f"{p}: cannot read as a {kind}: {str(err).splitlines()[0][:300]}") from err
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
+    ):
+        raise CheckpointError(f"{p}: expected a state dict (a mapping of names to tensors)")
+    return {k: v.detach().to("cpu") for k, v in sd.items()}
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: object = None) -> None:
+    """Load ``state_dict`` into ``model`` strictly, naming missing and extra keys.
+
+    The module version metadata that ``nn.Module.state_dict`` attaches (and
+    safetensors files never carry) is taken from the model itself, so modules
+    that check versions when loading (MNASNet, batch-norm) accept any file.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    extra = sorted(set(state_dict) - set(expected))
+    where = f"{source}: " if source is not None else ""
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if extra:
+            parts.append(f"unexpected keys {_few(extra)}")
+        raise CheckpointError(f"{where}state dict does not fit the architecture: " + "; ".join(parts))
+    for key, value in state_dict.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{where}'{key}' has shape {list(value.shape)}, the architecture expects {list(expected[key].shape)}"
+            )
+    ordered: OrderedDict[str, torch.Tensor] = OrderedDict(state_dict)
+    ordered._metadata = getattr(expected, "_metadata", OrderedDict())  # type: ignore[attr-defined]
+    model.load_state_dict(ordered, strict=True)
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(f"'{k}'" for k in keys[:n])
+    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def resize_for_overrides(model: nn.Module, overrides: Mapping[str, torch.Tensor]) -> None:
+    """Replace modules whose overridden weight has another dimension 0 (a new head).
+
+    Only ``Linear`` and ``ConvNd`` can be resized; the compatibility check has
+    already refused anything else. Works in place on the model it is given
+    (callers pass their own copy).
+    """
+    modules = dict(model.named_modules())
+    for key, tensor in overrides.items():
+        if not key.endswith(".weight"):
+            continue
+        name = key[: -len(".weight")]
+        mod = modules.get(name)
+        if isinstance(mod, nn.Linear) and tensor.shape[0] != mod.out_features:
+            new: nn.Module = nn.Linear(mod.in_features, int(tensor.shape[0]), bias=mod.bias is not None)
+        elif isinstance(mod, nn.modules.conv._ConvNd) and tensor.shape[0] != mod.out_channels:
+            new = type(mod)(
+                mod.in_channels, int(tensor.shape[0]), mod.kernel_size, stride=mod.stride,
+                padding=mod.padding, dilation=mod.dilation, groups=mod.groups,
+                bias=mod.bias is not None, padding_mode=mod.padding_mode,
+            )
+        else:
+            continue
+        set_submodule(model, name, new.eval())
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule ``name`` (a dotted path) of ``model``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -1,0 +1,1 @@
+"""The ``spa-export`` command line: thin click commands over the Python API."""

@@ -1,0 +1,49 @@
+"""``spa-export engine``: build a TensorRT engine on this machine.
+
+Imports no torch; tensorrt and polygraphy are imported when the build runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from spa_export.errors import InputError
+
+
+@click.command("engine")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--fp16", is_flag=True, help="Allow float16 kernels (default float32).")
+@click.option("--batch", "batches", multiple=True, type=int, default=(1, 8), show_default=True,
+              help="Batch size the engine must accept (repeat); one profile covers min..max.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="Engine path (.engine is added when missing) "
+                   "[default: MODEL's stem + .fp16/.fp32.engine].")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TensorRT timing cache to reuse and update.")
+@click.option("--workspace-mb", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Builder workspace limit in MiB.")
+def engine(
+    model: Path, fp16: bool, batches: tuple[int, ...], out_path: Path | None,
+    timing_cache: Path | None, workspace_mb: int,
+) -> None:
+    """Build a TensorRT engine of MODEL.onnx for this machine's GPU, with its
+    metadata (TensorRT version, GPU, precision, batches, ONNX sha256) beside it."""
+    from spa_export.runtime.engine import build_engine
+    from spa_export.runtime.tensorrt import metadata_path
+
+    if not model.is_file():
+        raise InputError(f"{model}: no such file")
+    if model.suffix != ".onnx":
+        raise InputError(f"{model}: expected an ONNX file (.onnx)")
+    if out_path is None:
+        out_path = model.with_name(f"{model.stem}.{'fp16' if fp16 else 'fp32'}.engine")
+
+    def progress(message: str) -> None:
+        click.echo(message, err=True)
+
+    built = build_engine(model, out_path, fp16=fp16, batches=list(batches),
+                         timing_cache=timing_cache, workspace_mb=workspace_mb, progress=progress)
+    click.echo(f"wrote {built}")
+    click.echo(f"wrote {metadata_path(built)}")

@@ -1,0 +1,69 @@
+"""Entry point of the ``spa-export`` command.
+
+Commands live one per module and import heavy libraries (torch, onnx,
+onnxruntime) inside their bodies so that ``spa-export --help`` stays instant.
+Every :class:`~spa_export.errors.SpaExportError` becomes one line on stderr and
+its exit code (2 for bad input, 1 for failed verification); ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from spa_export import __version__
+from spa_export.errors import SpaExportError
+
+
+class _Group(click.Group):
+    """A click group that turns our typed errors into clean exits."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except SpaExportError as err:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written", err=True)
+            ctx.exit(130)
+        except MemoryError:
+            click.echo("error: out of memory", err=True)
+            ctx.exit(2)
+        return None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="spa-export")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Turn a frozen base network plus one task's SPA file into the smallest
+    network that computes exactly what the task's masked network computes.
+
+    Exit codes: 0 success, 1 verification failed, 2 bad input or usage.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _register() -> None:
+    # Each module defines one click command; importing them is cheap (click only).
+    from spa_export.cli import commands
+
+    for command in commands.ALL:
+        cli.add_command(command)
+
+
+def main() -> None:
+    _register()
+    cli(prog_name="spa-export")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Shared click option types."""
+
+from __future__ import annotations
+
+import click
+
+
+class InputShape(click.ParamType):
+    """``N,C,H,W`` (any rank >= 2), parsed with a clear message."""
+
+    name = "N,C,H,W"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple:
+        if isinstance(value, tuple):
+            return value
+        from spa_export.errors import InputError
+        from spa_export.pipeline import parse_input_shape
+
+        try:
+            return parse_input_shape(str(value))
+        except InputError as err:
+            self.fail(str(err), param, ctx)
+
+
+INPUT_SHAPE = InputShape()
+
+ARCH_HELP = ("Architecture: 'torchvision:NAME' (e.g. torchvision:resnet50) or 'package.module:callable', "
+             "a factory returning an nn.Module. The latter IMPORTS AND RUNS that module: name only code "
+             "you trust. Default: the SPA's spa.arch.")

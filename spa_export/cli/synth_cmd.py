@@ -1,0 +1,51 @@
+"""``spa-export synth``: a random SPA (and optionally a random base) for any architecture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from spa_export.cli.options import ARCH_HELP, INPUT_SHAPE
+
+
+@click.command("synth")
+@click.option("--arch", required=True, help=ARCH_HELP)
+@click.option("--input-shape", type=INPUT_SHAPE, required=True, help="Shape N,C,H,W the network is traced at.")
+@click.option("--prune", type=float, default=0.5, show_default=True, help="Fraction of channels masked.")
+@click.option("--rank", type=int, default=8, show_default=True, help="SPLoRA rank of the random adapters.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--masks", type=click.Choice(["groups", "out-only", "random"]), default="groups", show_default=True,
+              help="groups: consistent input and output masks per dependency group; out-only: output "
+                   "masks alone, as the paper's experiments make them; random: independent per layer.")
+@click.option("--base", type=click.Path(path_type=Path),
+              help="A base checkpoint whose digest the SPA records.")
+@click.option("--save-base", type=click.Path(path_type=Path),
+              help="Also write a seeded random base (.safetensors) and record its digest.")
+@click.option("--num-classes", type=int, help="Add an override that resizes the classifier head.")
+@click.option("--task", help="Task name stored in the file.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The SPA file to write.")
+def synth(arch: str, input_shape: tuple, prune: float, rank: int, seed: int, masks: str, base: Path | None,
+          save_base: Path | None, num_classes: int | None, task: str | None, output: Path) -> None:
+    """Write an SPA with random adapters and masks (for tests and what-if questions)."""
+    from safetensors.torch import save_file
+
+    from spa_export.arch import load_state_dict_file
+    from spa_export.spa import write_spa
+    from spa_export.synth import random_base, synth_spa
+
+    if base and save_base:
+        raise click.UsageError("give --base or --save-base, not both")
+    state = load_state_dict_file(base) if base else None
+    if save_base:
+        state = random_base(arch, input_shape, seed=seed)
+    spa = synth_spa(arch, input_shape, prune=prune, rank=rank, seed=seed, masks=masks, base_state=state,
+                    num_classes=num_classes, task=task)
+    if save_base:
+        tmp = save_base.with_name(save_base.name + ".tmp")
+        save_file(state, str(tmp))
+        tmp.replace(save_base)
+        click.echo(f"{save_base}: random base, {sum(v.numel() for v in state.values()):,} values")
+    write_spa(spa, output)
+    counts = spa.learned_parameter_count()
+    click.echo(f"{output}: {len(spa.layers)} layers, {counts['total']:,} learned parameters")

@@ -1,0 +1,68 @@
+"""Typed errors.
+
+Every error a user can cause derives from :class:`SpaExportError` and carries
+the exit code the CLI returns for it: 2 for bad input or usage, 1 for a build
+whose verification failed. The CLI prints ``str(error)`` as one line on stderr;
+``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+
+class SpaExportError(Exception):
+    """Base class of every error spa-export raises on purpose."""
+
+    exit_code: int = 2
+
+
+class InputError(SpaExportError):
+    """Bad input or usage (exit 2)."""
+
+
+class SpaFormatError(InputError):
+    """An SPA file that does not follow the format (names the file and key)."""
+
+    def __init__(self, message: str, *, path: object = None, key: str | None = None) -> None:
+        where = []
+        if path is not None:
+            where.append(str(path))
+        if key is not None:
+            where.append(f"tensor '{key}'")
+        prefix = ": ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.path = path
+        self.key = key
+
+
+class SpaCompatibilityError(SpaFormatError):
+    """An SPA file that is well-formed but does not fit the base network."""
+
+
+class BaseMismatchError(InputError):
+    """The SPA's ``spa.base_digest`` differs from the base's digest."""
+
+    def __init__(self, expected: str, actual: str, *, spa_path: object = None) -> None:
+        super().__init__(
+            f"{spa_path}: base digest mismatch: the SPA was trained on {expected}, "
+            f"the given base is {actual} (pass --ignore-base-digest to go on anyway)"
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class CheckpointError(InputError):
+    """A base checkpoint that cannot be read or does not fit the architecture."""
+
+
+class ArchitectureError(InputError):
+    """An unknown or unloadable architecture spec."""
+
+
+class VerificationError(SpaExportError):
+    """The exported network does not compute the masked network's function."""
+
+    exit_code = 1
+
+
+class BuildError(SpaExportError):
+    """A stage failed for a reason that is not the user's input (exit 2, reported)."""

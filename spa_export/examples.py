@@ -1,0 +1,55 @@
+"""Small example networks, for the shipped example and fast tests.
+
+``spa_export.examples:tiny_resnet`` is a residual network of a few ten
+thousand parameters with every pattern a real CNN has: batch-norm after every
+convolution, residual additions with and without a projection, a
+concatenation, a depthwise convolution, global pooling and a linear head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.down is None else self.down(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class TinyResNet(nn.Module):
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.layer1 = nn.Sequential(_Block(width, width, 1), _Block(width, width, 1))
+        self.branch = nn.Sequential(nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                                    nn.Conv2d(width, width, 3, 1, 1, groups=width, bias=False),
+                                    nn.BatchNorm2d(width), nn.ReLU())
+        self.layer2 = nn.Sequential(_Block(2 * width, 2 * width, 2), _Block(2 * width, 2 * width, 1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer1(self.stem(x))
+        x = torch.cat([x, self.branch(x)], dim=1)
+        x = self.layer2(x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def tiny_resnet(num_classes: int = 10) -> nn.Module:
+    """A small residual network for 3x32x32 inputs."""
+    return TinyResNet(num_classes=num_classes)

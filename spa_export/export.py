@@ -1,0 +1,92 @@
+"""torch -> ONNX with a dynamic batch axis, then ``onnx.checker`` and onnxsim.
+
+The TorchScript-based exporter is used by default: for convolutional networks
+it is several times faster than the dynamo exporter and writes one
+self-contained file. ``exporter="dynamo"`` selects the newer one.
+onnxsim's own random-input check is off; :mod:`spa_export.verify` checks the
+result against the reference instead.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spa_export.errors import BuildError
+
+DEFAULT_OPSET = 17
+INPUT_NAME = "input"
+
+
+@dataclass
+class ExportReport:
+    opset: int
+    exporter: str
+    simplified: bool
+    nodes_before: int
+    nodes_after: int
+    bytes: int
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *, opset: int = DEFAULT_OPSET,
+                exporter: str = "torchscript", simplify: bool = True) -> ExportReport:
+    """Export ``model`` to ``path`` (dynamic batch) and simplify it."""
+    import onnx
+
+    example = torch.zeros(input_shape)
+    with torch.no_grad():
+        sample = model(example)
+    outputs = [sample] if isinstance(sample, torch.Tensor) else list(sample)
+    output_names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
+    proto = _export(model, example, output_names, opset, exporter)
+    nodes_before = len(proto.graph.node)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as err:
+        raise BuildError(f"the exported ONNX model does not pass onnx.checker: {err}") from err
+    simplified = False
+    if simplify:
+        from onnxsim import simplify as onnxsim_simplify
+
+        try:
+            candidate, ok = onnxsim_simplify(proto, check_n=0, skip_shape_inference=False)
+        except Exception as err:  # onnxsim is an optimisation: keep the checked model
+            warnings.warn(f"onnxsim failed, keeping the unsimplified model: {err}", stacklevel=2)
+        else:
+            if ok:
+                proto, simplified = candidate, True
+    data = proto.SerializeToString()
+    path.write_bytes(data)
+    return ExportReport(opset, exporter, simplified, nodes_before, len(proto.graph.node), len(data))
+
+
+def _export(model: nn.Module, example: torch.Tensor, output_names: list[str], opset: int, exporter: str):
+    import onnx
+
+    buffer = io.BytesIO()
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if exporter == "torchscript":
+                torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
+                                  input_names=[INPUT_NAME], output_names=output_names,
+                                  dynamic_axes=dynamic_axes, do_constant_folding=True)
+                return onnx.load_from_string(buffer.getvalue())
+            if exporter == "dynamo":
+                batch = torch.export.Dim("batch", min=1, max=1024)
+                program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                            input_names=[INPUT_NAME], output_names=output_names,
+                                            dynamic_shapes=({0: batch},), external_data=False)
+                return program.model_proto
+        except Exception as err:
+            raise BuildError(f"torch.onnx.export failed: {type(err).__name__}: {str(err)[:300]}") from err
+    raise BuildError(f"unknown exporter '{exporter}' (torchscript or dynamo)")

@@ -1,0 +1,73 @@
+"""Stage 1: read the base checkpoint and the SPA file, check they belong together.
+
+Returns the task's base network (overrides applied, float32, eval mode) and
+what the later stages and the report need. Every problem is a typed error
+raised before any output is written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spa_export.arch import build_model, load_into, load_state_dict_file, resize_for_overrides
+from spa_export.compat import check_compatible
+from spa_export.errors import ArchitectureError, BaseMismatchError, InputError
+from spa_export.spa import SpaFile, file_sha256, read_spa, state_dict_digest
+
+
+@dataclass
+class Loaded:
+    arch: str
+    base_path: Path
+    spa_path: Path
+    base_state: dict[str, torch.Tensor]
+    base_digest: str
+    spa: SpaFile
+    spa_sha256: str
+    model: nn.Module          # the task's base: overrides applied, adapters not yet merged
+
+    def to_json(self) -> dict:
+        return {
+            "arch": self.arch,
+            "base": {"path": str(self.base_path), "digest": self.base_digest},
+            "spa": {"path": str(self.spa_path), "sha256": self.spa_sha256, "task": self.spa.task,
+                    "arch": self.spa.arch, "base_digest": self.spa.base_digest},
+        }
+
+
+def resolve_arch(arch: str | None, spa: SpaFile) -> str:
+    if arch and spa.arch and arch.strip() != spa.arch.strip():
+        raise ArchitectureError(
+            f"{spa.path}: the SPA was made for '{spa.arch}', not '{arch}' (omit --arch to use the SPA's)"
+        )
+    chosen = arch or spa.arch
+    if not chosen:
+        raise ArchitectureError(f"{spa.path}: no architecture: pass --arch (the SPA has no spa.arch)")
+    return chosen
+
+
+def load_inputs(base: str | os.PathLike, spa: str | os.PathLike, arch: str | None = None, *,
+                ignore_base_digest: bool = False) -> Loaded:
+    spa_path, base_path = Path(spa), Path(base)
+    spa_file = read_spa(spa_path)
+    arch_spec = resolve_arch(arch, spa_file)
+    state = load_state_dict_file(base_path)
+    digest = state_dict_digest(state)
+    if spa_file.base_digest and spa_file.base_digest != digest and not ignore_base_digest:
+        raise BaseMismatchError(spa_file.base_digest, digest, spa_path=spa_path)
+    model = build_model(arch_spec)
+    load_into(model, state, source=base_path)           # the base alone must fit the architecture
+    check_compatible(spa_file, model, state)
+    if spa_file.overrides:
+        resize_for_overrides(model, spa_file.overrides)
+        load_into(model, {**state, **spa_file.overrides}, source=spa_path)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise InputError(f"{base_path}: non-finite values in '{bad[0]}'")
+    return Loaded(arch_spec, base_path, spa_path, state, digest, spa_file, file_sha256(spa_path),
+                  model.float().eval())

@@ -1,0 +1,19 @@
+"""Plan the channel removal on the unpruned network, in original indices."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from spa_export.plan.decide import decide
+from spa_export.plan.model import ConstantFold, GroupReport, ModulePlan, PrunePlan
+from spa_export.plan.trace import ChannelGraph, trace_channels
+
+__all__ = ["ChannelGraph", "ConstantFold", "GroupReport", "ModulePlan", "PrunePlan", "make_plan",
+           "trace_channels"]
+
+
+def make_plan(model: nn.Module, input_shape: tuple[int, ...] | list[int], *, round_to: int = 1,
+              seed: int = 0) -> PrunePlan:
+    """Trace ``model`` (the merged, masked network; not modified) and plan its channel removal."""
+    graph = trace_channels(model, tuple(input_shape), seed=seed)
+    return decide(graph, list(input_shape), round_to=round_to)

@@ -1,0 +1,100 @@
+"""The prune plan: every decision, in the original channel indices.
+
+A :class:`PrunePlan` is computed once on the unpruned network and applied
+once (:mod:`spa_export.apply`). It is replayable: the JSON form records the
+kept indices of every module, so the same plan can be applied again to the
+same merged network. Constant contributions (the spec's third case) are kept
+as tensors beside it; the JSON form records their shapes and where they go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ModulePlan:
+    """What to keep of one module, in original indices (``None``: everything)."""
+
+    kind: str                        # conv | linear | batchnorm | depthwise
+    out_keep: list[int] | None = None
+    in_keep: list[int] | None = None
+    out_size: int = 0
+    in_size: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind, "out_size": self.out_size, "in_size": self.in_size,
+            "out_keep": self.out_keep, "in_keep": self.in_keep,
+        }
+
+
+@dataclass
+class ConstantFold:
+    """The fixed contribution of removed constant channels to one consumer's output.
+
+    ``bias`` has one value per (original) output channel; ``tensor`` is the
+    output's shape without the batch axis, for contributions that vary over
+    positions (zero padding near the border).
+    """
+
+    module: str
+    channels: int
+    bias: torch.Tensor | None = None
+    tensor: torch.Tensor | None = None
+
+    def to_json(self) -> dict:
+        kind = "bias" if self.tensor is None else "tensor"
+        shape = list((self.bias if self.tensor is None else self.tensor).shape)
+        return {"module": self.module, "channels": self.channels, "kind": kind, "shape": shape}
+
+
+@dataclass
+class GroupReport:
+    id: str
+    producers: list[str]
+    members: list[str]
+    channels: int
+    kept: int
+    removed_unread: int
+    removed_constant: int
+    kept_reasons: dict[str, int]
+
+    @property
+    def removed(self) -> int:
+        return self.removed_unread + self.removed_constant
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id, "members": self.producers + self.members, "channels": self.channels,
+            "kept": self.kept, "removed": self.removed, "removed_unread": self.removed_unread,
+            "removed_constant": self.removed_constant, "kept_reasons": self.kept_reasons,
+        }
+
+
+@dataclass
+class PrunePlan:
+    input_shape: list[int]
+    modules: dict[str, ModulePlan] = field(default_factory=dict)
+    folds: dict[str, ConstantFold] = field(default_factory=dict)
+    groups: list[GroupReport] = field(default_factory=list)
+    round_to: int = 1
+
+    def groups_kept_whole(self) -> list[dict]:
+        """Groups that the masks asked to shrink (or could shrink) but stayed whole, and why."""
+        out = []
+        for g in self.groups:
+            if g.removed == 0 and g.kept_reasons:
+                reason = max(g.kept_reasons.items(), key=lambda kv: kv[1])[0]
+                out.append({"id": g.id, "channels": g.channels, "reason": reason})
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "input_shape": self.input_shape,
+            "round_to": self.round_to,
+            "modules": {k: v.to_json() for k, v in sorted(self.modules.items())},
+            "constant_folds": [f.to_json() for f in self.folds.values()],
+        }

@@ -1,0 +1,317 @@
+"""Trace a network and follow its channels.
+
+:func:`trace_channels` runs the network once under :mod:`torch.fx` on a probe
+batch and records, for every tensor, which *channel ids* it carries along its
+channel axis (dimension 1) and which of those channels depend on the input.
+Channel ids are created by producers (convolutions, linear layers, the
+network input, operations we do not understand); operations that act on each
+channel by itself pass their input's ids on; elementwise combinations unite
+the ids of their operands; concatenation joins them. Two channels with the
+same root id (after :class:`~spa_export.plan.unionfind.UnionFind`) must be
+removed together or kept together: that is the dependency group at channel
+granularity, in original indices, on the unpruned network.
+
+The probe batch holds two different random samples. A channel that the
+analysis calls input-independent must hold the same value in both; where it
+does not, the channel is treated as input-dependent (the safe side).
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from spa_export.errors import ArchitectureError
+from spa_export.plan import ops
+from spa_export.plan.unionfind import UnionFind
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class Slot:
+    """Channel ids and input dependence of one tensor."""
+
+    ids: np.ndarray
+    dep: np.ndarray
+
+
+@dataclass
+class ConsumerUse:
+    """A convolution or linear layer reading channels through its weights."""
+
+    module: str
+    ids: np.ndarray          # id per input position (per feature for a Linear)
+    dep: np.ndarray
+    unread: np.ndarray       # weight columns that are zero for every output
+    groups: int
+    value: torch.Tensor      # the probe input it saw (sample 0, batch axis kept)
+
+
+@dataclass
+class Producer:
+    """Where channel ids are created: a layer's outputs, the input, a barrier's outputs."""
+
+    label: str
+    ids: np.ndarray
+    groups: int = 1
+    module: str | None = None  # set for conv/linear outputs that can shrink
+
+
+@dataclass
+class Member:
+    """A module with per-channel parameters that follows its channels (batch-norm, depthwise conv)."""
+
+    module: str
+    kind: str
+    ids: np.ndarray
+
+
+@dataclass
+class ChannelGraph:
+    uf: UnionFind = field(default_factory=UnionFind)
+    fixed: dict[int, str] = field(default_factory=dict)       # id -> why it cannot go
+    holds: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    consumers: list[ConsumerUse] = field(default_factory=list)
+    producers: list[Producer] = field(default_factory=list)
+    members: list[Member] = field(default_factory=list)
+    spaces: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+
+    def new_ids(self, n: int, label: str, *, fixed_reason: str | None = None) -> np.ndarray:
+        ids = self.uf.new(n)
+        if fixed_reason is not None:
+            for i in ids.tolist():
+                self.fixed[i] = fixed_reason
+        return ids
+
+
+def trace_channels(model: nn.Module, input_shape: tuple[int, ...], *, seed: int = 0) -> ChannelGraph:
+    """Trace ``model`` (not modified) on a probe of ``input_shape`` (batch axis replaced by 2)."""
+    work = copy.deepcopy(model).eval()
+    for mod in work.modules():
+        if hasattr(mod, "inplace"):
+            mod.inplace = False
+    try:
+        gm = fx.symbolic_trace(work)
+    except Exception as err:
+        raise ArchitectureError(
+            f"the network cannot be traced with torch.fx ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from err
+    gen = torch.Generator().manual_seed(seed)
+    probe = torch.randn((2, *input_shape[1:]), generator=gen)
+    graph = ChannelGraph(modules=dict(gm.named_modules()))
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    with torch.no_grad():
+        _Interpreter(gm, graph, calls).run(probe)
+    return graph
+
+
+class _Interpreter(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, graph: ChannelGraph, calls: Counter) -> None:
+        super().__init__(gm)
+        self.g = graph
+        self.calls = calls
+        self.slots: dict[str, Slot] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+    def slot_of(self, arg: object) -> Slot | None:
+        return self.slots.get(arg.name) if isinstance(arg, fx.Node) else None
+
+    def fresh(self, n: fx.Node, result: object, reason: str) -> Slot | None:
+        if isinstance(result, torch.Tensor) and result.dim() >= 2:
+            ids = self.g.new_ids(int(result.shape[1]), n.name, fixed_reason=reason)
+            self.g.producers.append(Producer(n.name, ids))
+            return Slot(ids, np.ones(len(ids), dtype=bool))
+        return None
+
+    def barrier(self, n: fx.Node, result: object, what: str) -> Slot | None:
+        reason = f"read by '{n.name}' ({what}), which mixes channels or is not understood"
+        for arg in n.all_input_nodes:
+            s = self.slots.get(arg.name)
+            if s is not None:
+                self.g.holds.append((s.ids, reason))
+        return self.fresh(n, result, f"produced by '{n.name}' ({what})")
+
+    # -- the walk ------------------------------------------------------------------------
+    def run_node(self, n: fx.Node) -> object:
+        if n.op == "call_function" and n.target in ops.OUT_OF_PLACE:
+            n.target = ops.OUT_OF_PLACE[n.target]
+        if n.op in ("call_function", "call_method") and n.kwargs.get("inplace"):
+            n.kwargs = {**n.kwargs, "inplace": False}
+        if n.op == "call_method" and isinstance(n.target, str) and n.target.endswith("_") \
+                and not n.target.startswith("_"):
+            n.target = n.target[:-1]
+        result = super().run_node(n)
+        slot = self.analyse(n, result)
+        if slot is not None:
+            if isinstance(result, torch.Tensor):
+                slot = _check_constant(slot, result)
+            self.slots[n.name] = slot
+            self.g.spaces.append((n.name, slot.ids))
+        return result
+
+    def analyse(self, n: fx.Node, result: object) -> Slot | None:
+        if n.op == "placeholder":
+            return self.fresh(n, result, "the network input")
+        if n.op == "get_attr":
+            if isinstance(result, torch.Tensor) and result.dim() >= 2:
+                ids = self.g.new_ids(int(result.shape[1]), n.name, fixed_reason=f"a constant '{n.target}'")
+                return Slot(ids, np.zeros(len(ids), dtype=bool))
+            return None
+        if n.op == "output":
+            for arg in n.all_input_nodes:
+                s = self.slots.get(arg.name)
+                if s is not None:
+                    self.g.holds.append((s.ids, "reaches the network output"))
+            return None
+        if n.op == "call_module":
+            return self.on_module(n, result)
+        return self.on_function(n, result)
+
+    def on_module(self, n: fx.Node, result: object) -> Slot | None:
+        mod = self.g.modules[n.target]
+        kind = type(mod).__name__
+        x = self.slot_of(n.args[0]) if n.args else None
+        stateful = any(True for _ in mod.parameters()) or any(True for _ in mod.buffers())
+        if self.calls[n.target] > 1 and stateful:
+            return self.barrier(n, result, f"{kind} called more than once")
+        if x is None or not isinstance(result, torch.Tensor) or len(n.args) != 1 or n.kwargs:
+            return self.barrier(n, result, kind)
+        value = self.env[n.args[0]]
+        if type(mod) in _CONV and mod.padding_mode == "zeros" and value.dim() == mod.weight.dim():
+            return self.conv(n, mod, x, value)
+        if type(mod) is nn.Linear and value.dim() == 2:
+            return self.linear(n, mod, x, value)
+        if type(mod) in _BN and mod.track_running_stats and mod.running_mean is not None:
+            self.g.members.append(Member(n.target, "batchnorm", x.ids))
+            return x
+        if kind in ops.UNARY_MODULE_NAMES and _same_channels(value, result):
+            return x
+        if type(mod) is nn.Flatten and mod.start_dim == 1 and mod.end_dim == -1:
+            return _flatten(x, value)
+        return self.barrier(n, result, kind)
+
+    def conv(self, n: fx.Node, mod: nn.Module, x: Slot, value: torch.Tensor) -> Slot:
+        cout, cin, g = mod.out_channels, mod.in_channels, mod.groups
+        nz = (mod.weight.detach() != 0).reshape(cout, cin // g, -1).any(-1).numpy()
+        if g > 1 and g == cin == cout:
+            self.g.members.append(Member(n.target, "depthwise", x.ids))
+            return Slot(x.ids, x.dep & nz[:, 0])
+        per_in, per_out = cin // g, cout // g
+        read = np.zeros(cin, dtype=bool)
+        for j in range(g):
+            read[j * per_in:(j + 1) * per_in] = nz[j * per_out:(j + 1) * per_out].any(0)
+        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~read, g, value[:1]))
+        ids = self.g.new_ids(cout, n.target)
+        self.g.producers.append(Producer(n.target, ids, g, module=n.target))
+        dep_in = x.dep.reshape(g, per_in)[np.arange(cout) // per_out]
+        return Slot(ids, (nz & dep_in).any(1))
+
+    def linear(self, n: fx.Node, mod: nn.Linear, x: Slot, value: torch.Tensor) -> Slot:
+        nz = (mod.weight.detach() != 0).numpy()
+        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~nz.any(0), 1, value[:1]))
+        ids = self.g.new_ids(mod.out_features, n.target)
+        self.g.producers.append(Producer(n.target, ids, 1, module=n.target))
+        return Slot(ids, (nz & x.dep[None, :]).any(1))
+
+    def on_function(self, n: fx.Node, result: object) -> Slot | None:
+        target = n.target
+        name = target if isinstance(target, str) else ops.function_name(target)
+        is_method = n.op == "call_method"
+        args = n.args
+        x = self.slot_of(args[0]) if args else None
+        if (is_method and name in ops.SHAPE_METHODS) or (not is_method and target in ops.SHAPE_FUNCTIONS):
+            if target is operator.getitem and isinstance(self.env.get(args[0]), torch.Tensor):
+                return self.barrier(n, result, "indexing")
+            if isinstance(result, torch.Tensor):
+                return self.fresh(n, result, f"produced by '{n.name}' ({name})")
+            return None
+        if not is_method and ops.is_cat(target):
+            return self.cat(n, result)
+        if (is_method and name in ops.ADD_METHODS | ops.MUL_METHODS) or target in ops.ADD_LIKE | ops.MUL_LIKE:
+            is_mul = (name in ops.MUL_METHODS) if is_method else target in ops.MUL_LIKE
+            return self.binary(n, result, is_mul)
+        if x is None or not isinstance(result, torch.Tensor):
+            return self.barrier(n, result, name)
+        value = self.env[args[0]]
+        if name in ("dropout", "stochastic_depth", "dropout2d") and not torch.equal(value, result):
+            return self.barrier(n, result, f"{name} in training mode")
+        tensor_inputs = [a for a in n.all_input_nodes if isinstance(self.env[a], torch.Tensor)]
+        if name in ops.UNARY_FUNCTION_NAMES and _same_channels(value, result) and len(tensor_inputs) == 1:
+            return x
+        if name == "mean" and _same_channels(value, result) and result.dim() >= 2:
+            dims = args[1] if len(args) > 1 else n.kwargs.get("dim")
+            dims = [dims] if isinstance(dims, int) else list(dims or [])
+            if dims and all(d % value.dim() >= 2 for d in dims):
+                return x
+        if name in ("flatten", "view", "reshape") and result.dim() == 2 and value.dim() >= 2 \
+                and result.shape[0] == value.shape[0] and result.shape[1] == value[0].numel():
+            return _flatten(x, value)
+        return self.barrier(n, result, name)
+
+    def cat(self, n: fx.Node, result: object) -> Slot | None:
+        tensors = n.args[0]
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        if not isinstance(result, torch.Tensor) or not isinstance(tensors, (list, tuple)):
+            return self.barrier(n, result, "cat")
+        slots = [self.slot_of(t) for t in tensors]
+        if dim % result.dim() != 1 or any(s is None for s in slots):
+            return self.barrier(n, result, f"cat along dimension {dim}")
+        return Slot(np.concatenate([s.ids for s in slots]), np.concatenate([s.dep for s in slots]))
+
+    def binary(self, n: fx.Node, result: object, is_mul: bool) -> Slot | None:
+        operands = [a for a in n.args[:2]]
+        values = [self.env[a] if isinstance(a, fx.Node) else a for a in operands]
+        tensors = [(a, v) for a, v in zip(operands, values, strict=True) if isinstance(v, torch.Tensor)]
+        if not isinstance(result, torch.Tensor) or any(k != "alpha" for k in n.kwargs):
+            return self.barrier(n, result, "elementwise operation")
+        if len(tensors) == 1:
+            a, v = tensors[0]
+            s = self.slot_of(a)
+            if s is None or v.dim() != result.dim() or not _same_channels(v, result):
+                return self.barrier(n, result, "elementwise operation with a broadcast operand")
+            return s
+        (a, va), (b, vb) = tensors
+        sa, sb = self.slot_of(a), self.slot_of(b)
+        if sa is None or sb is None or va.dim() != vb.dim() or va.shape[1] != vb.shape[1] \
+                or not _same_channels(va, result):
+            return self.barrier(n, result, "elementwise operation across channel counts")
+        self.g.uf.union_arrays(sa.ids, sb.ids)
+        if is_mul:
+            zero_a, zero_b = ~sa.dep & _zero_channels(va), ~sb.dep & _zero_channels(vb)
+            dep = (sa.dep & ~zero_b) | (sb.dep & ~zero_a)
+        else:
+            dep = sa.dep | sb.dep
+        return Slot(sa.ids, dep)
+
+
+def _same_channels(a: torch.Tensor, b: object) -> bool:
+    return isinstance(b, torch.Tensor) and a.dim() >= 2 and b.dim() >= 2 and a.shape[1] == b.shape[1] \
+        and a.shape[0] == b.shape[0]
+
+
+def _flatten(x: Slot, value: torch.Tensor) -> Slot:
+    per = int(value[0, 0].numel()) if value.dim() > 2 else 1
+    return Slot(np.repeat(x.ids, per), np.repeat(x.dep, per))
+
+
+def _zero_channels(value: torch.Tensor) -> np.ndarray:
+    return (value.transpose(0, 1).reshape(value.shape[1], -1) == 0).all(1).numpy()
+
+
+def _check_constant(slot: Slot, value: torch.Tensor) -> Slot:
+    """Channels called input-independent must agree across the two probe samples."""
+    if value.dim() < 2 or value.shape[0] < 2 or not (~slot.dep).any():
+        return slot
+    flat = value.detach().transpose(0, 1).reshape(value.shape[1], value.shape[0], -1)
+    same = torch.isclose(flat[:, 0], flat[:, 1], rtol=1e-5, atol=1e-6).all(1).numpy()
+    return Slot(slot.ids, slot.dep | ~same)

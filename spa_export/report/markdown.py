@@ -1,0 +1,241 @@
+"""report.md from a report.json dict.
+
+Every section is optional: a report of a build run with ``--bench none`` has no
+latency, one without verification has none of that, and so on; what is missing
+is left out (or said to be missing) rather than failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+TOP_GROUPS = 20
+
+
+def _cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _int(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else ("n/a" if value is None else str(value))
+
+
+def _si(value: object) -> str:
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    for factor, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {unit}"
+    return f"{value:.3g}"
+
+
+def _ms(value: object) -> str:
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def _ratio(dense: object, pruned: object) -> tuple[float | None, str]:
+    if not isinstance(dense, (int, float)) or not isinstance(pruned, (int, float)) or not dense:
+        return None, "n/a"
+    kept = pruned / dense
+    factor = f", ×{dense / pruned:.2f} smaller" if pruned else ""
+    return kept, f"{kept:.1%} kept{factor}"
+
+
+def _sci(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _summary(report: Mapping[str, Any]) -> list[str]:
+    inputs = report.get("inputs") or {}
+    rows: list[tuple[str, str]] = []
+    if report.get("task"):
+        rows.append(("Task", str(report["task"])))
+    if inputs.get("arch"):
+        rows.append(("Architecture", str(inputs["arch"])))
+    if inputs.get("input_shape"):
+        rows.append(("Input shape", "×".join(str(d) for d in inputs["input_shape"])))
+    if inputs.get("opset"):
+        rows.append(("ONNX opset", str(inputs["opset"])))
+    for key, label in (("base", "Base"), ("spa", "SPA file")):
+        item = inputs.get(key) or {}
+        if item:
+            digest = item.get("digest") or item.get("sha256")
+            rows.append((label, f"`{item.get('path', '?')}`" + (f" ({digest})" if digest else "")))
+    for key, label, fmt in (("params", "Parameters", _int), ("macs", "MACs", _si)):
+        pair = report.get(key) or {}
+        if pair:
+            _, ratio = _ratio(pair.get("dense"), pair.get("pruned"))
+            rows.append((label, f"{fmt(pair.get('dense'))} → {fmt(pair.get('pruned'))} ({ratio})"))
+    learned = report.get("learned_params") or {}
+    if learned:
+        rows.append(("Learned parameters", _int(learned.get("total"))))
+    verification = report.get("verification")
+    if verification:
+        verdict = "passed" if verification.get("passed") else "**FAILED**"
+        text = (f"{verdict} (rtol {_sci(verification.get('rtol'))}, "
+                f"atol {_sci(verification.get('atol'))})")
+        worst = verification.get("worst") or {}
+        if worst:
+            text += (f"; worst element: case '{worst.get('case')}', output "
+                     f"'{worst.get('output')}' at {worst.get('index')}: expected "
+                     f"{worst.get('expected')}, got {worst.get('got')}")
+        rows.append(("Verification", text))
+    if not rows:
+        return []
+    lines = ["## Summary", ""] + _table(("", ""), rows) + [""]
+    cases = (verification or {}).get("cases") or []
+    if cases:
+        lines += _table(("Verification case", "Batch", "Max abs err", "Max rel err"),
+                        [(c.get("name"), c.get("batch"), _sci(c.get("max_abs_err")),
+                          _sci(c.get("max_rel_err"))) for c in cases]) + [""]
+    return lines
+
+
+def _runtime_label(entry: Mapping[str, Any]) -> str:
+    label = str(entry.get("runtime", "?"))
+    if entry.get("precision"):
+        label += f" {entry['precision']}"
+    return label
+
+
+def _latency(report: Mapping[str, Any], plot_name: str | None) -> list[str]:
+    latency = report.get("latency") or []
+    lines = ["## Latency", ""]
+    if not latency:
+        return lines + ["No latency was measured.", ""]
+    groups: dict[tuple, dict[str, Mapping[str, Any]]] = {}
+    for e in latency:
+        key = (e.get("device"), _runtime_label(e), e.get("batch"))
+        groups.setdefault(key, {})[str(e.get("model"))] = e
+    macs = report.get("macs") or {}
+    macs_ratio, _ = _ratio(macs.get("dense"), macs.get("pruned"))
+    paired = all("dense" in g and "pruned" in g for g in groups.values())
+    if paired:
+        rows = []
+        for (device, runtime, batch), g in groups.items():
+            d, p = g["dense"], g["pruned"]
+            speed = d["p50_ms"] / p["p50_ms"] if p.get("p50_ms") else None
+            rows.append((device, runtime, batch, _ms(d.get("p50_ms")), _ms(d.get("p90_ms")),
+                         _ms(d.get("p99_ms")), _ms(p.get("p50_ms")), _ms(p.get("p90_ms")),
+                         _ms(p.get("p99_ms")), f"×{speed:.2f}" if speed else "n/a",
+                         f"×{1 / macs_ratio:.2f}" if macs_ratio else "n/a"))
+        lines += _table(("Device", "Runtime", "Batch", "Dense p50 ms", "Dense p90 ms",
+                         "Dense p99 ms", "Pruned p50 ms", "Pruned p90 ms", "Pruned p99 ms",
+                         "Speedup", "MACs ratio"), rows)
+        lines += ["", "Speedup is dense p50 over pruned p50; the MACs ratio is dense MACs "
+                  "over pruned MACs, the speedup that counting operations predicts."]
+    else:
+        lines += _table(("Device", "Runtime", "Model", "Batch", "p50 ms", "p90 ms", "p99 ms",
+                         "Runs"),
+                        [(e.get("device"), _runtime_label(e), e.get("model"), e.get("batch"),
+                          _ms(e.get("p50_ms")), _ms(e.get("p90_ms")), _ms(e.get("p99_ms")),
+                          e.get("iterations")) for e in latency])
+    first = latency[0]
+    if first.get("threads"):
+        lines += ["", f"CPU runs use {first['threads']} intra-op thread(s), graph optimisation "
+                  f"level '{first.get('opt_level')}'."]
+    lines.append("")
+    if plot_name:
+        lines += [f"![Latency p50 against batch size]({plot_name})", ""]
+    return lines
+
+
+def _gpu(report: Mapping[str, Any]) -> list[str]:
+    gpu = report.get("gpu") or {}
+    lines: list[str] = []
+    if gpu.get("status") == "skipped":
+        lines += [f"GPU benchmark skipped: {gpu.get('reason') or 'no reason given'}.", ""]
+    elif gpu.get("reason"):
+        lines += [f"GPU note: {gpu['reason']}.", ""]
+    accuracy = report.get("accuracy") or []
+    if accuracy:
+        lines += ["TensorRT outputs against ONNX Runtime on the CPU:", ""]
+        lines += _table(("Model", "Precision", "Batch", "Max abs err", "Err / scale", "Result"),
+                        [(a.get("model"), a.get("precision"), a.get("batch"),
+                          _sci(a.get("max_abs_err")), _sci(a.get("max_err_over_scale")),
+                          "within tolerance" if a.get("passed") else "**outside tolerance**")
+                         for a in accuracy]) + [""]
+    return lines
+
+
+def _groups(report: Mapping[str, Any]) -> list[str]:
+    groups = report.get("groups") or []
+    whole = report.get("groups_kept_whole") or []
+    if not groups and not whole:
+        return []
+    lines = ["## Channel groups", ""]
+    if groups:
+        top = sorted(groups, key=lambda g: -(g.get("channels") or 0))[:TOP_GROUPS]
+        rows = []
+        for g in top:
+            reasons = g.get("kept_reasons") or {}
+            why = "; ".join(f"{k} ({v})" for k, v in reasons.items() if v) or "-"
+            rows.append((g.get("id"), g.get("channels"), g.get("kept"), g.get("removed"), why))
+        lines += _table(("Group", "Channels", "Kept", "Removed", "Why kept"), rows)
+        if len(groups) > TOP_GROUPS:
+            lines.append(f"\n{len(groups) - TOP_GROUPS} more group(s) not shown.")
+        lines.append("")
+    if whole:
+        lines += ["Groups kept whole:", ""]
+        lines += _table(("Group", "Channels", "Reason"),
+                        [(g.get("id"), g.get("channels"), g.get("reason")) for g in whole])
+        lines.append("")
+    return lines
+
+
+def _stages(report: Mapping[str, Any]) -> list[str]:
+    stages = report.get("stages") or []
+    if not stages:
+        return []
+    total = sum(s.get("seconds") or 0.0 for s in stages)
+    rows = [(s.get("name"), f"{s.get('seconds', 0.0):.2f}") for s in stages]
+    rows.append(("**total**", f"{total:.2f}"))
+    return ["## Stage times", ""] + _table(("Stage", "Seconds"), rows) + [""]
+
+
+def _environment(report: Mapping[str, Any]) -> list[str]:
+    env = report.get("environment") or {}
+    versions = dict(env.get("versions") or {})
+    versions.update(report.get("versions") or {})
+    if not env and not versions:
+        return []
+    lines = ["## Environment", ""]
+    cpu = env.get("cpu") or {}
+    if cpu:
+        lines.append(f"- CPU: {cpu.get('model')} ({cpu.get('physical_cores')} physical / "
+                     f"{cpu.get('logical_cores')} logical cores)")
+    for gpu in env.get("gpus") or []:
+        lines.append(f"- GPU: {gpu.get('name')} (driver {gpu.get('driver')})")
+    if env.get("os"):
+        lines.append(f"- OS: {env['os']}; Python {env.get('python')}")
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()) if v)
+    if shown:
+        lines.append(f"- Versions: {shown}")
+    tool = report.get("tool") or {}
+    if tool:
+        lines.append(f"- Tool: {tool.get('name')} {tool.get('version')}")
+    return lines + [""]
+
+
+def render_markdown(report: Mapping[str, Any], plot_name: str | None = None) -> str:
+    """The text of report.md; ``plot_name`` is the latency plot's file name, if any."""
+    title = f"# spa-export report: {report['task']}" if report.get("task") else "# spa-export report"
+    lines = [title, ""]
+    lines += _summary(report)
+    lines += _latency(report, plot_name)
+    lines += _gpu(report)
+    lines += _groups(report)
+    lines += _stages(report)
+    lines += _environment(report)
+    return "\n".join(lines).rstrip() + "\n"

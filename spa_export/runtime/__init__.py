@@ -1,0 +1,37 @@
+"""The runtime half: time ONNX models (ONNX Runtime) and TensorRT engines.
+
+Nothing under this package imports torch, so ``spa-export bench`` and
+``spa-export engine`` run on a device that has onnxruntime or TensorRT alone.
+onnxruntime, tensorrt and polygraphy are imported inside functions.
+"""
+
+from __future__ import annotations
+
+from spa_export.runtime.bench import benchmark, random_feed, speedups
+from spa_export.runtime.onnxrt import CudaOnnxRuntimeRunner, OnnxRuntimeRunner
+from spa_export.runtime.runner import Runner
+from spa_export.runtime.tensorrt import TensorRTRunner
+from spa_export.runtime.timing import (
+    NonFiniteOutputError,
+    Stats,
+    TimingConfig,
+    check_finite,
+    compare,
+    time_runner,
+)
+
+__all__ = [
+    "CudaOnnxRuntimeRunner",
+    "NonFiniteOutputError",
+    "OnnxRuntimeRunner",
+    "Runner",
+    "Stats",
+    "TensorRTRunner",
+    "TimingConfig",
+    "benchmark",
+    "check_finite",
+    "compare",
+    "random_feed",
+    "speedups",
+    "time_runner",
+]

@@ -1,0 +1,278 @@
+"""Benchmark dense against pruned: the API the build pipeline and ``spa-export bench`` call.
+
+CPU: ONNX Runtime, models alternating in blocks (:func:`~spa_export.runtime.timing.compare`).
+GPU: TensorRT engines in float32 and float16 built here (and ONNX Runtime's CUDA
+provider where ``onnxruntime-gpu`` is installed); TensorRT's outputs are
+compared with ONNX Runtime's on the CPU with a tolerance suited to the precision
+and the result recorded. A GPU that was asked for and is missing is an
+:class:`~spa_export.errors.InputError` with ``device="gpu"``, and a
+``{"status": "skipped", "reason": ...}`` note with ``device="all"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spa_export.errors import InputError
+from spa_export.runtime.environment import collect_environment
+from spa_export.runtime.runner import Feed, InputMetadata, Runner
+from spa_export.runtime.timing import Stats, TimingConfig, compare
+
+DEVICES = ("cpu", "gpu", "all")
+#: Tolerances of TensorRT against ONNX Runtime (CPU), atol relative to the output's scale.
+GPU_TOLERANCE = {"fp32": (1e-3, 1e-3), "fp16": (2e-2, 2e-2)}
+
+Progress = Callable[[str], None]
+
+
+def random_feed(metadata: InputMetadata, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs of the given batch size (axis 0), float ones standard normal."""
+    feed: dict[str, np.ndarray] = {}
+    for name, (dtype, shape) in metadata.items():
+        if not shape:
+            raise InputError(f"input '{name}' is a scalar: no batch axis to set")
+        first = shape[0]
+        if isinstance(first, int) and first != batch:
+            raise InputError(f"input '{name}' has a fixed batch of {first}: pass --batch {first}")
+        rest = shape[1:]
+        if any(not isinstance(d, int) for d in rest):
+            raise InputError(f"input '{name}' has dynamic dimensions besides the batch: "
+                             f"{list(shape)}; cannot make random inputs for it")
+        full = (batch, *(int(d) for d in rest))  # type: ignore[arg-type]
+        if np.issubdtype(dtype, np.floating):
+            feed[name] = rng.standard_normal(full, dtype=np.float32).astype(dtype)
+        elif np.issubdtype(dtype, np.bool_):
+            feed[name] = rng.random(full) < 0.5
+        else:
+            feed[name] = rng.integers(0, 10, size=full).astype(dtype)
+    return feed
+
+
+def _same_inputs(metas: Mapping[str, InputMetadata]) -> None:
+    labels = list(metas)
+    first = metas[labels[0]]
+    for label in labels[1:]:
+        other = metas[label]
+        if set(other) != set(first):
+            raise InputError(f"models '{labels[0]}' and '{label}' take different inputs: "
+                             f"{sorted(first)} vs {sorted(other)}")
+        for name, (dtype, shape) in first.items():
+            o_dtype, o_shape = other[name]
+            fixed = [a == b for a, b in zip(shape[1:], o_shape[1:], strict=False)
+                     if isinstance(a, int) and isinstance(b, int)]
+            if o_dtype != dtype or len(o_shape) != len(shape) or not all(fixed):
+                raise InputError(f"input '{name}' differs between '{labels[0]}' "
+                                 f"({dtype}, {list(shape)}) and '{label}' ({o_dtype}, {list(o_shape)})")
+
+
+def _entry(label: str, runner: Runner, stats: Stats) -> dict[str, Any]:
+    info = runner.describe()
+    entry: dict[str, Any] = {
+        "device": info["device"], "runtime": info["runtime"], "provider": info["provider"],
+        "model": label, "batch": stats.batch, "threads": info["threads"],
+        "opt_level": info["opt_level"],
+    }
+    entry.update({k: v for k, v in stats.as_dict().items() if k != "batch"})
+    if runner.device == "gpu":
+        entry["precision"] = info.get("precision") or "fp32"
+        entry.setdefault("h2d_ms", None)
+        entry.setdefault("d2h_ms", None)
+    return entry
+
+
+def speedups(latency: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Dense p50 over pruned p50 per device, runtime, precision and batch."""
+    groups: dict[tuple, dict[str, Mapping[str, Any]]] = {}
+    for e in latency:
+        key = (e["device"], e["runtime"], e.get("precision"), e["batch"])
+        groups.setdefault(key, {})[e["model"]] = e
+    out = []
+    for (device, runtime, precision, batch), by_model in groups.items():
+        if "dense" not in by_model or "pruned" not in by_model:
+            continue
+        dense, pruned = by_model["dense"]["p50_ms"], by_model["pruned"]["p50_ms"]
+        row: dict[str, Any] = {"device": device, "runtime": runtime, "batch": batch,
+                               "dense_p50_ms": dense, "pruned_p50_ms": pruned,
+                               "speedup": dense / pruned if pruned > 0 else None}
+        if precision is not None:
+            row["precision"] = precision
+        out.append(row)
+    return out
+
+
+def _time_group(
+    runners: Mapping[str, Runner], batches: Sequence[int], rng_seed: int,
+    config: TimingConfig, progress: Progress | None, prefix: str,
+) -> tuple[list[dict[str, Any]], dict[int, Feed]]:
+    """Activate, build feeds, time; return the entries and the feeds used."""
+    with contextlib.ExitStack() as stack:
+        for runner in runners.values():
+            stack.enter_context(runner)
+        metas = {label: r.input_metadata() for label, r in runners.items()}
+        _same_inputs(metas)
+        first = next(iter(metas.values()))
+        rng = np.random.default_rng(rng_seed)
+        feeds = {b: random_feed(first, b, rng) for b in batches}
+        say = (lambda msg: progress(f"{prefix}: {msg}")) if progress is not None else None
+        results = compare(runners, feeds, config=config, progress=say)
+        entries = [_entry(label, runners[label], stats)
+                   for batch in batches for label, stats in results[batch].items()]
+    return entries, feeds
+
+
+def _accuracy(
+    onnx_models: Mapping[str, Path], engines: Mapping[str, Path], feeds: Mapping[int, Feed],
+    precision: str, threads: int | None,
+) -> list[dict[str, Any]]:
+    from spa_export.runtime.onnxrt import OnnxRuntimeRunner
+    from spa_export.runtime.tensorrt import TensorRTRunner
+
+    rtol, atol_scale = GPU_TOLERANCE[precision]
+    rows = []
+    for label, onnx_path in onnx_models.items():
+        with OnnxRuntimeRunner(onnx_path, threads=threads) as ref, \
+                TensorRTRunner(engines[label]) as trt_runner:
+            for batch, feed in feeds.items():
+                want, got = ref.infer(feed), trt_runner.infer(feed)
+                worst_abs, worst_rel, passed = 0.0, 0.0, True
+                for name, expected in want.items():
+                    exp = np.asarray(expected, dtype=np.float64)
+                    act = np.asarray(got[name], dtype=np.float64).reshape(exp.shape)
+                    scale = float(np.max(np.abs(exp))) if exp.size else 0.0
+                    err = np.abs(act - exp)
+                    atol = atol_scale * max(scale, 1e-12)
+                    passed = passed and bool(np.all(err <= atol + rtol * np.abs(exp)))
+                    out_abs = float(err.max()) if err.size else 0.0
+                    worst_abs = max(worst_abs, out_abs)
+                    worst_rel = max(worst_rel, out_abs / scale if scale > 0 else 0.0)
+                rows.append({"model": label, "precision": precision, "batch": batch,
+                             "reference": "onnxruntime CPUExecutionProvider",
+                             "max_abs_err": worst_abs, "max_err_over_scale": worst_rel,
+                             "rtol": rtol, "atol_over_scale": atol_scale, "passed": passed})
+    return rows
+
+
+def _gpu_part(
+    models: Mapping[str, Path], batches: Sequence[int], *, fp16: bool | None, threads: int | None,
+    opt_level: str, config: TimingConfig, engine_dir: Path | None, timing_cache: Path | None,
+    seed: int, progress: Progress | None, result: dict[str, Any],
+) -> str | None:
+    """Time on the GPU what can be timed here; return why nothing could, else None."""
+    from spa_export.runtime.onnxrt import CudaOnnxRuntimeRunner, cuda_provider_available
+    from spa_export.runtime.tensorrt import TensorRTRunner, gpu_unavailable_reason
+
+    are_engines = all(p.suffix == ".engine" for p in models.values())
+    trt_reason = gpu_unavailable_reason()
+    notes: list[str] = []
+    ran = False
+    if not are_engines and cuda_provider_available():
+        runners = {k: CudaOnnxRuntimeRunner(p, threads=threads, opt_level=opt_level, name=k)
+                   for k, p in models.items()}
+        try:
+            entries, _ = _time_group(runners, batches, seed, config, progress,
+                                     "gpu onnxruntime-cuda")
+            result["latency"].extend(entries)
+            ran = True
+        except InputError as err:
+            notes.append(f"onnxruntime CUDA: {err}")
+    if trt_reason is not None:
+        notes.append(trt_reason)
+    elif are_engines:
+        runners = {k: TensorRTRunner(p, name=k) for k, p in models.items()}
+        entries, _ = _time_group(runners, batches, seed, config, progress, "gpu tensorrt")
+        result["latency"].extend(entries)
+        ran = True
+    else:
+        from spa_export.runtime.engine import build_engine
+
+        precisions = ["fp32", "fp16"] if fp16 is None else (["fp16"] if fp16 else ["fp32"])
+        with tempfile.TemporaryDirectory(prefix="spa-export-engines-") as tmp:
+            out_dir = Path(engine_dir) if engine_dir is not None else Path(tmp)
+            for precision in precisions:
+                engines = {k: build_engine(p, out_dir / f"{p.stem}.{k}.{precision}",
+                                           fp16=precision == "fp16", batches=batches,
+                                           timing_cache=timing_cache, progress=progress)
+                           for k, p in models.items()}
+                runners = {k: TensorRTRunner(e, name=k) for k, e in engines.items()}
+                entries, feeds = _time_group(runners, batches, seed, config, progress,
+                                             f"gpu tensorrt {precision}")
+                result["latency"].extend(entries)
+                result["accuracy"].extend(_accuracy(models, engines, feeds, precision, threads))
+                ran = True
+    if not ran:
+        return "; ".join(notes) or "nothing could run on the GPU"
+    result["gpu"] = {"status": "ok", "reason": "; ".join(notes) or None}
+    return None
+
+
+def benchmark(
+    models: Mapping[str, str | Path],
+    *,
+    device: str = "cpu",
+    batches: Sequence[int] = (1, 8),
+    threads: int | None = None,
+    budget_s: float = 2.0,
+    fp16: bool | None = None,
+    opt_level: str = "all",
+    timing: TimingConfig | None = None,
+    engine_dir: Path | None = None,
+    timing_cache: Path | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Time ``models`` (label -> .onnx, or .engine for the GPU) at every batch size.
+
+    ``fp16``: None times float32 and float16 engines, True float16 only, False
+    float32 only. ``timing`` overrides ``budget_s``. Returns ``{"latency",
+    "speedup", "environment", "gpu", "accuracy", "config"}``.
+    """
+    if not models:
+        raise InputError("no model to benchmark")
+    if device not in DEVICES:
+        raise InputError(f"unknown device '{device}' (expected one of {', '.join(DEVICES)})")
+    paths = {label: Path(p) for label, p in models.items()}
+    for path in paths.values():
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        if path.suffix not in (".onnx", ".engine"):
+            raise InputError(f"{path}: expected an ONNX file (.onnx) or a TensorRT engine (.engine)")
+    kinds = {p.suffix for p in paths.values()}
+    if len(kinds) > 1:
+        raise InputError("give either ONNX files or TensorRT engines, not both")
+    if ".engine" in kinds and device == "cpu":
+        raise InputError("a TensorRT engine runs on the GPU only: pass --device gpu")
+    batch_list = sorted({int(b) for b in batches})
+    if not batch_list or batch_list[0] < 1:
+        raise InputError(f"batch sizes must be positive integers, got {list(batches)}")
+    config = timing if timing is not None else TimingConfig(budget_s=budget_s)
+
+    result: dict[str, Any] = {
+        "latency": [], "speedup": [], "environment": collect_environment(),
+        "gpu": {"status": "skipped", "reason": "not requested (device cpu)"},
+        "accuracy": [],
+        "config": {"device": device, "batches": batch_list, "budget_s": config.budget_s,
+                   "min_iterations": config.min_iterations, "seed": seed},
+    }
+    if device in ("cpu", "all") and ".onnx" in kinds:
+        from spa_export.runtime.onnxrt import OnnxRuntimeRunner
+
+        runners = {k: OnnxRuntimeRunner(p, threads=threads, opt_level=opt_level, name=k)
+                   for k, p in paths.items()}
+        entries, _ = _time_group(runners, batch_list, seed, config, progress, "cpu onnxruntime")
+        result["latency"].extend(entries)
+    if device in ("gpu", "all"):
+        reason = _gpu_part(paths, batch_list, fp16=fp16, threads=threads, opt_level=opt_level,
+                           config=config, engine_dir=engine_dir, timing_cache=timing_cache,
+                           seed=seed, progress=progress, result=result)
+        if reason is not None:
+            if device == "gpu" or not result["latency"]:
+                raise InputError(f"cannot benchmark on the GPU: {reason}")
+            result["gpu"] = {"status": "skipped", "reason": reason}
+    result["speedup"] = speedups(result["latency"])
+    return result

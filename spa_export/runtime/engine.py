@@ -1,0 +1,177 @@
+"""Build a TensorRT engine from an ONNX file, on the machine that will run it.
+
+One optimisation profile covers the batch sizes asked for (min, opt, max over
+the batch axis, the first axis of every input); the engine is saved as
+``<out>.engine`` with ``<out>.engine.json`` beside it recording the TensorRT
+version, the GPU (name and compute capability), the precision, the batches
+and the ONNX file's sha256, which :class:`~spa_export.runtime.tensorrt.TensorRTRunner`
+checks before it runs the engine. A timing cache, when given, is loaded and
+updated so that rebuilds are fast. Built through Polygraphy's TensorRT loaders;
+tensorrt and polygraphy are imported inside :func:`build_engine`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from spa_export import __version__
+from spa_export.errors import BuildError, InputError
+from spa_export.runtime.tensorrt import gpu_device_info, metadata_path, require_gpu
+
+Shape = tuple[int, ...]
+
+
+def sha256_file(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def engine_path_for(out_path: str | Path) -> Path:
+    """``out`` as given when it ends in ``.engine``, else ``<out>.engine``."""
+    out_path = Path(out_path)
+    return out_path if out_path.suffix == ".engine" else out_path.with_name(out_path.name + ".engine")
+
+
+def onnx_input_shapes(onnx_path: str | Path) -> dict[str, list[int | None]]:
+    """The graph inputs (initialisers excluded) with None for dynamic dimensions."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as err:  # DecodeError and friends
+        raise InputError(f"{onnx_path}: not a readable ONNX model: {err}") from err
+    initialisers = {init.name for init in model.graph.initializer}
+    shapes: dict[str, list[int | None]] = {}
+    for value in model.graph.input:
+        if value.name in initialisers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                              for d in dims]
+    return shapes
+
+
+def profile_shapes(
+    inputs: dict[str, list[int | None]], batches: Sequence[int], *, opt_batch: int | None = None
+) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """``{input: (min, opt, max)}`` over the batch axis; other axes must be fixed."""
+    batches = sorted({int(b) for b in batches})
+    if not batches or batches[0] < 1:
+        raise InputError(f"batch sizes must be positive integers, got {list(batches)}")
+    lo, hi = batches[0], batches[-1]
+    opt = hi if opt_batch is None else int(opt_batch)
+    if not lo <= opt <= hi:
+        raise InputError(f"the optimisation batch {opt} is outside {lo}..{hi}")
+    shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
+    for name, dims in inputs.items():
+        if not dims:
+            raise InputError(f"input '{name}' is a scalar: it has no batch axis")
+        rest = dims[1:]
+        if any(d is None for d in rest):
+            raise InputError(f"input '{name}' has a dynamic dimension besides the batch axis: "
+                             f"{dims}; export with fixed spatial sizes")
+        fixed_rest = tuple(int(d) for d in rest)  # type: ignore[arg-type]
+        if dims[0] is not None and (lo != dims[0] or hi != dims[0]):
+            raise InputError(f"input '{name}' has a fixed batch of {dims[0]}: "
+                             f"cannot build for batches {batches}")
+        shapes[name] = ((lo, *fixed_rest), (opt, *fixed_rest), (hi, *fixed_rest))
+    return shapes
+
+
+def build_engine(
+    onnx_path: str | Path,
+    out_path: str | Path,
+    *,
+    fp16: bool,
+    batches: Sequence[int],
+    timing_cache: Path | None = None,
+    workspace_mb: int = 2048,
+    opt_batch: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Build and save an engine; return its path (metadata at ``<engine>.json``)."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise InputError(f"{onnx_path}: no such file")
+    if workspace_mb < 1:
+        raise InputError(f"workspace must be at least 1 MiB, got {workspace_mb}")
+    trt = require_gpu()
+    shapes = profile_shapes(onnx_input_shapes(onnx_path), batches, opt_batch=opt_batch)
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineBytesFromNetwork,
+        NetworkFromOnnxPath,
+        Profile,
+    )
+    from polygraphy.exception import PolygraphyException
+
+    profile = Profile()
+    for name, (lo, opt, hi) in shapes.items():
+        profile.add(name, min=lo, opt=opt, max=hi)
+    cache = Path(timing_cache) if timing_cache is not None else None
+    config = CreateConfig(
+        fp16=fp16,
+        profiles=[profile],
+        load_timing_cache=str(cache) if cache is not None and cache.is_file() else None,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20},
+    )
+    if progress is not None:
+        progress(f"building a {'fp16' if fp16 else 'fp32'} engine of {onnx_path.name} "
+                 f"for batches {sorted(set(batches))} (this takes a while)")
+    try:
+        serialized = EngineBytesFromNetwork(
+            NetworkFromOnnxPath(str(onnx_path)),
+            config=config,
+            save_timing_cache=str(cache) if cache is not None else None,
+        )()
+    except PolygraphyException as err:
+        raise BuildError(f"{onnx_path}: TensorRT could not build an engine: {err}") from err
+
+    engine_path = engine_path_for(out_path)
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = engine_path.with_name(engine_path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(memoryview(serialized))
+    os.replace(tmp, engine_path)
+    meta = engine_metadata(
+        onnx_path, trt_version=trt.__version__, gpu=gpu_device_info(), fp16=fp16,
+        shapes=shapes, batches=batches, workspace_mb=workspace_mb,
+    )
+    metadata_path(engine_path).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return engine_path
+
+
+def engine_metadata(
+    onnx_path: Path,
+    *,
+    trt_version: str,
+    gpu: dict[str, Any],
+    fp16: bool,
+    shapes: dict[str, tuple[Shape, Shape, Shape]],
+    batches: Sequence[int],
+    workspace_mb: int,
+) -> dict[str, Any]:
+    """The JSON saved beside an engine."""
+    return {
+        "schema_version": 1,
+        "tool": {"name": "spa-export", "version": __version__},
+        "tensorrt_version": trt_version,
+        "gpu": gpu,
+        "precision": "fp16" if fp16 else "fp32",
+        "batches": sorted({int(b) for b in batches}),
+        "profile": {name: {"min": list(lo), "opt": list(opt), "max": list(hi)}
+                    for name, (lo, opt, hi) in shapes.items()},
+        "workspace_mb": workspace_mb,
+        "onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
+        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }

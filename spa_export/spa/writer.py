@@ -1,0 +1,110 @@
+"""Build and write SPA files (exactly the spec's names and metadata, atomically)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as _st_save
+
+from spa_export.errors import InputError, SpaFormatError
+from spa_export.spa.model import OVERRIDE_PREFIX, LayerSpa, SpaFile, parse_tensor_name, tensor_name
+from spa_export.spa.reader import SPA_FORMAT, SPA_VERSION, check_metadata
+
+
+def make_spa(
+    layers: Mapping[str, LayerSpa] | Iterable[LayerSpa],
+    overrides: Mapping[str, torch.Tensor] | None = None,
+    *,
+    task: str | None = None,
+    arch: str | None = None,
+    base_digest: str | None = None,
+    description: str | None = None,
+) -> SpaFile:
+    """An :class:`SpaFile` with ``spa.format``/``spa.version`` and the given metadata set."""
+    if isinstance(layers, Mapping):
+        by_name = dict(layers)
+    else:
+        by_name = {}
+        for layer in layers:
+            if not isinstance(layer, LayerSpa):
+                raise SpaFormatError(f"expected LayerSpa objects, got {type(layer).__name__}")
+            if layer.name in by_name:
+                raise SpaFormatError(f"layer '{layer.name}' given twice")
+            by_name[layer.name] = layer
+    metadata = {"spa.format": SPA_FORMAT, "spa.version": SPA_VERSION}
+    for key, value in (
+        ("spa.task", task),
+        ("spa.arch", arch),
+        ("spa.base_digest", base_digest),
+        ("spa.description", description),
+    ):
+        if value is not None:
+            if not isinstance(value, str):
+                raise SpaFormatError(f"{key} must be a string, got {type(value).__name__}")
+            metadata[key] = value
+    check_metadata(metadata)
+    return SpaFile(metadata=metadata, layers=by_name, overrides=dict(overrides or {}))
+
+
+def _file_tensors(spa: SpaFile) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for layer in spa.layers.values():
+        for attr, t in layer.field_tensors().items():
+            name = tensor_name(layer.name, attr)
+            if parse_tensor_name(name) != (layer.name, attr):
+                raise SpaFormatError(
+                    f"tensor name would not read back as field {attr} of layer '{layer.name}'",
+                    key=name,
+                )
+            out[name] = t
+    for key, t in spa.overrides.items():
+        out[OVERRIDE_PREFIX + key] = t
+    # own, contiguous CPU memory: safetensors refuses tensors that share storage
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in out.items()}
+
+
+def spa_bytes(spa: SpaFile) -> bytes:
+    """The bytes :func:`write_spa` writes for ``spa``."""
+    metadata = dict(spa.metadata)
+    metadata.setdefault("spa.format", SPA_FORMAT)
+    metadata.setdefault("spa.version", SPA_VERSION)
+    check_metadata(metadata, spa.path)
+    return _st_save(_file_tensors(spa), metadata=metadata)
+
+
+def write_spa(spa: SpaFile, path: str | os.PathLike[str]) -> Path:
+    """Write ``spa`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    target = Path(path)
+    data = spa_bytes(spa)
+    directory = target.parent if str(target.parent) else Path(".")
+    tmp_name = directory / f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    # os.open with mode 0o666 lets the umask decide the permissions, as for open()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(tmp_name, flags, 0o666)
+    except OSError as e:
+        raise InputError(f"{target}: cannot write: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        if isinstance(e, OSError):
+            raise InputError(f"{target}: cannot write: {e.strerror or e}") from e
+        raise
+    with contextlib.suppress(OSError):  # persist the rename; not possible everywhere
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return target

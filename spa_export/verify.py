@@ -1,0 +1,115 @@
+"""Stage: check the exported file against the reference.
+
+The reference is the spec's masked network built straight from base and SPA
+(:mod:`spa_export.reference`); the exported file runs in ONNX Runtime. Every
+output element must satisfy ``|got - expected| <= atol + rtol * |expected|``
+with ``atol = atol_scale * max|expected|`` (the output's scale) for each
+case: seeded random inputs at batch 1 and a larger batch, and the user's own
+``.npy`` inputs. All cases run; the report keeps each case's worst element.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from spa_export.errors import InputError
+
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL_SCALE = 1e-4
+
+
+@dataclass
+class VerifyReport:
+    passed: bool
+    rtol: float
+    atol_scale: float
+    cases: list[dict] = field(default_factory=list)
+    worst: dict | None = None
+
+    def to_json(self) -> dict:
+        return {"passed": self.passed, "rtol": self.rtol, "atol_scale": self.atol_scale,
+                "cases": self.cases, "worst": self.worst}
+
+    def summary(self) -> str:
+        w = self.worst
+        if w is None:
+            return "no cases"
+        return (f"{w['case']}: output '{w['output']}' at {w['index']}: expected {w['expected']:.7g}, "
+                f"got {w['got']:.7g} (allowed error {w['allowed']:.3g})")
+
+
+def load_inputs_npy(paths: list[Path], input_shape: tuple[int, ...]) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for p in paths:
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except Exception as err:
+            raise InputError(f"{p}: cannot read as a .npy array: {err}") from err
+        if arr.ndim == len(input_shape) - 1:
+            arr = arr[None]
+        if arr.ndim != len(input_shape) or tuple(arr.shape[1:]) != tuple(input_shape[1:]):
+            raise InputError(f"{p}: shape {list(arr.shape)} does not match the input shape "
+                             f"[N, {', '.join(map(str, input_shape[1:]))}]")
+        out.append((f"input {p.name}", arr.astype(np.float32)))
+    return out
+
+
+def verify(reference: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], *,
+           batches: tuple[int, ...] = (1, 4), seed: int = 0, inputs: list[tuple[str, np.ndarray]] | None = None,
+           rtol: float = DEFAULT_RTOL, atol_scale: float = DEFAULT_ATOL_SCALE) -> VerifyReport:
+    from spa_export.runtime.onnxrt import OnnxRuntimeRunner
+
+    rng = np.random.default_rng(seed)
+    cases = [(f"random batch {b}", rng.standard_normal((b, *input_shape[1:])).astype(np.float32))
+             for b in batches]
+    cases += list(inputs or [])
+    report = VerifyReport(True, rtol, atol_scale)
+    worst_ratio = -1.0
+    with OnnxRuntimeRunner(onnx_path, threads=None) as runner:
+        input_name = next(iter(runner.input_metadata()))
+        for name, x in cases:
+            with torch.no_grad():
+                expected = reference(torch.from_numpy(x))
+            expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+            got = list(runner.infer({input_name: x}).values())
+            for k, (e, g) in enumerate(zip(expected, got, strict=True)):
+                e = e.numpy()
+                case = _compare(name, f"output{k}" if len(expected) > 1 else "output", e, g, rtol, atol_scale)
+                report.cases.append(case)
+                report.passed &= case["passed"]
+                if case["worst"]["ratio"] > worst_ratio:
+                    worst_ratio = case["worst"]["ratio"]
+                    report.worst = {"case": name, **case["worst"]}
+    return report
+
+
+def _compare(case: str, output: str, expected: np.ndarray, got: np.ndarray, rtol: float,
+             atol_scale: float) -> dict:
+    if expected.shape != got.shape:
+        worst = {"output": output, "index": [], "expected": float("nan"), "got": float("nan"),
+                 "allowed": 0.0, "ratio": float("inf")}
+        return {"name": case, "output": output, "batch": int(expected.shape[0]), "passed": False,
+                "error": f"shape {list(got.shape)}, expected {list(expected.shape)}", "worst": worst}
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    atol = atol_scale * scale
+    err = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    allowed = atol + rtol * np.abs(expected.astype(np.float64))
+    ratio = np.where(allowed > 0, err / np.maximum(allowed, 1e-300), np.where(err > 0, np.inf, 0.0))
+    ratio = np.where(np.isfinite(got) == np.isfinite(expected), ratio, np.inf)
+    flat = int(np.argmax(ratio)) if ratio.size else 0
+    idx = [int(i) for i in np.unravel_index(flat, expected.shape)] if ratio.size else []
+    worst = {"output": output, "index": idx,
+             "expected": float(expected.flat[flat]) if expected.size else 0.0,
+             "got": float(got.flat[flat]) if got.size else 0.0,
+             "allowed": float(allowed.flat[flat]) if allowed.size else 0.0,
+             "ratio": float(ratio.flat[flat]) if ratio.size else 0.0}
+    return {"name": case, "output": output, "batch": int(expected.shape[0]),
+            "passed": bool((ratio <= 1.0).all()), "mismatches": int((ratio > 1.0).sum()),
+            "max_abs_err": float(err.max()) if err.size else 0.0,
+            "max_rel_err": float(err.max() / scale) if scale > 0 and err.size else 0.0,
+            "atol": atol, "worst": worst}
