@@ -20,13 +20,16 @@ def check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a directory")
     parent = out.resolve().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # missing parents are created when the build publishes
     if not parent.is_dir():
-        raise InputError(f"--out {out}: parent directory {parent} does not exist")
+        raise InputError(f"--out {out}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"--out {out}: cannot write in {parent}")
 
 
 def staging_dir(out: Path) -> Path:
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.resolve().parent))
 
 

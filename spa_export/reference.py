@@ -31,13 +31,13 @@ def build_reference(arch: str, base_state: dict[str, torch.Tensor], spa: SpaFile
             w = mod.weight.to(torch.float32)
             out, in_ = w.shape[0], w.shape[1] * getattr(mod, "groups", 1)
             s_out = _selection(layer.out_mask, out)              # [out, out_kept]
-            s_in = _selection(layer.in_mask, in_).T               # [in_kept, in]
+            s_in = _selection(layer.in_mask, in_)                 # [in, in_kept]
             d = torch.zeros_like(w)                               # step 2
             full = None
             if layer.lora_cols is not None:
-                full = s_out @ (layer.lora_cols.float() @ layer.lora_rows.float()) @ s_in
+                full = _spread(s_out, layer.lora_cols.float() @ layer.lora_rows.float(), s_in)
             elif layer.pointwise is not None:
-                full = s_out @ layer.pointwise.float().T @ s_in
+                full = _spread(s_out, layer.pointwise.float().T, s_in)
             if full is not None:
                 centre = [k // 2 for k in w.shape[2:]]
                 d[(slice(None), slice(None), *centre)] = full
@@ -48,7 +48,7 @@ def build_reference(arch: str, base_state: dict[str, torch.Tensor], spa: SpaFile
             w = w + d
             b = None if mod.bias is None else mod.bias.to(torch.float32).clone()
             if layer.adapter_bias is not None:
-                b = b + s_out @ layer.adapter_bias.float()
+                b = b + torch.sparse.mm(s_out, layer.adapter_bias.float()[:, None])[:, 0]
             keep = _mask_tensor(mod, layer, w.shape)              # step 3
             mod.weight.copy_(w * keep)
             if b is not None:
@@ -58,11 +58,16 @@ def build_reference(arch: str, base_state: dict[str, torch.Tensor], spa: SpaFile
 
 
 def _selection(mask: torch.Tensor | None, size: int) -> torch.Tensor:
-    """One-hot columns for the kept entries: ``S[o, o'] = 1`` where ``o`` is the o'-th kept channel."""
+    """Sparse one-hot columns for the kept entries: ``S[o, o'] = 1`` where ``o`` is the o'-th kept channel."""
     kept = torch.arange(size) if mask is None else torch.nonzero(mask).flatten()
-    s = torch.zeros(size, len(kept))
-    s[kept, torch.arange(len(kept))] = 1.0
-    return s
+    index = torch.stack([kept, torch.arange(len(kept))])
+    return torch.sparse_coo_tensor(index, torch.ones(len(kept)), (size, len(kept))).coalesce()
+
+
+def _spread(s_out: torch.Tensor, compact: torch.Tensor, s_in: torch.Tensor) -> torch.Tensor:
+    """``S_out @ compact @ S_in^T``: the compact update at full size, zero for masked channels."""
+    left = torch.sparse.mm(s_out, compact)                      # [out, in_kept]
+    return torch.sparse.mm(s_in, left.T).T                      # [out, in]
 
 
 def _mask_tensor(mod: nn.Module, layer, shape: torch.Size) -> torch.Tensor:

@@ -52,9 +52,19 @@ def good_resnet_spa() -> SpaFile:
             ),
             LayerSpa("layer1.0.conv2", in_mask=ones(64, 40), pointwise=torch.zeros(40, 64)),
             LayerSpa("layer2.0.downsample.0", out_mask=ones(128, 100)),  # 1x1 conv, masks only
-            LayerSpa("fc", out_mask=ones(10, 7), lora_cols=torch.zeros(7, 2), lora_rows=torch.zeros(2, 512), adapter_bias=torch.zeros(7)),
+            LayerSpa(
+                "fc",
+                out_mask=ones(10, 7),
+                lora_cols=torch.zeros(7, 2),
+                lora_rows=torch.zeros(2, 512),
+                adapter_bias=torch.zeros(7),
+            ),
         ],
-        {"fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10), "bn1.running_mean": torch.zeros(64)},
+        {
+            "fc.weight": torch.zeros(10, 512),
+            "fc.bias": torch.zeros(10),
+            "bn1.running_mean": torch.zeros(64),
+        },
     )
 
 
@@ -66,18 +76,31 @@ def test_good_spa_with_resized_head_accepted(resnet: tuple[nn.Module, dict]) -> 
 
 def test_resized_head_needs_new_mask_length(resnet: tuple[nn.Module, dict]) -> None:
     model, sd = resnet
-    spa = make_spa([LayerSpa("fc", out_mask=ones(1000))], {"fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)})
-    refuse(spa, model, sd, "tensor 'fc.out_mask': expected length 10 ('fc' has 10 outputs), got 1000")
+    spa = make_spa(
+        [LayerSpa("fc", out_mask=ones(1000))],
+        {"fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)},
+    )
+    refuse(
+        spa, model, sd, "tensor 'fc.out_mask': expected length 10 ('fc' has 10 outputs), got 1000"
+    )
 
 
 def test_unknown_layer(resnet: tuple[nn.Module, dict]) -> None:
     spa = make_spa([LayerSpa("layer9.0.conv1", out_mask=ones(64))])
-    refuse(spa, *resnet, "tensor 'layer9.0.conv1.out_mask': the base network has no module 'layer9.0.conv1'")
+    refuse(
+        spa,
+        *resnet,
+        "tensor 'layer9.0.conv1.out_mask': the base network has no module 'layer9.0.conv1'",
+    )
 
 
 def test_wrong_module_type(resnet: tuple[nn.Module, dict]) -> None:
     spa = make_spa([LayerSpa("layer1.0.bn1", out_mask=ones(64))])
-    refuse(spa, *resnet, "tensor 'layer1.0.bn1.out_mask': 'layer1.0.bn1' is a BatchNorm2d, expected Linear or ConvNd")
+    refuse(
+        spa,
+        *resnet,
+        "tensor 'layer1.0.bn1.out_mask': 'layer1.0.bn1' is a BatchNorm2d, expected Linear or ConvNd",
+    )
 
 
 def test_wrong_mask_lengths(resnet: tuple[nn.Module, dict]) -> None:
@@ -95,7 +118,9 @@ def test_wrong_mask_lengths(resnet: tuple[nn.Module, dict]) -> None:
 
 def test_adapter_shapes_against_base(resnet: tuple[nn.Module, dict]) -> None:
     refuse(
-        make_spa([LayerSpa("layer1.0.conv1", lora_cols=torch.zeros(63, 2), lora_rows=torch.zeros(2, 64))]),
+        make_spa(
+            [LayerSpa("layer1.0.conv1", lora_cols=torch.zeros(63, 2), lora_rows=torch.zeros(2, 64))]
+        ),
         *resnet,
         "tensor 'layer1.0.conv1.adapter.cols': expected shape [64, 2] (out_kept of 'layer1.0.conv1', r), got [63, 2]",
     )
@@ -112,7 +137,9 @@ def test_adapter_on_depthwise_conv() -> None:
     name = "features.1.conv.0.0"
     assert model.get_submodule(name).groups == 32
     # masks on a depthwise conv are fine, with the full in_channels
-    check_compatible(make_spa([LayerSpa(name, out_mask=ones(32, 20), in_mask=ones(32, 20))]), model, sd)
+    check_compatible(
+        make_spa([LayerSpa(name, out_mask=ones(32, 20), in_mask=ones(32, 20))]), model, sd
+    )
     refuse(
         make_spa([LayerSpa(name, lora_cols=torch.zeros(32, 2), lora_rows=torch.zeros(2, 32))]),
         model,
@@ -195,7 +222,13 @@ def test_weight_and_bias_resized_together(resnet: tuple[nn.Module, dict]) -> Non
     )
     # a bias-less conv may be resized through its weight alone
     model, sd = resnet
-    check_compatible(make_spa([LayerSpa("conv1", out_mask=ones(32))], {"conv1.weight": torch.zeros(32, 3, 7, 7)}), model, sd)
+    check_compatible(
+        make_spa(
+            [LayerSpa("conv1", out_mask=ones(32))], {"conv1.weight": torch.zeros(32, 3, 7, 7)}
+        ),
+        model,
+        sd,
+    )
 
 
 def test_override_dtype_kind(resnet: tuple[nn.Module, dict]) -> None:
@@ -220,20 +253,37 @@ def splopa(p: int, q: int, a: int, b: int, block: bool = False) -> LayerSpa:
 def test_splopa(resnet: tuple[nn.Module, dict]) -> None:
     model, sd = resnet
     check_compatible(make_spa([splopa(10, 16, 100, 32, block=True)]), model, sd)
-    refuse(make_spa([splopa(7, 16, 100, 32)]), model, sd, "tensor 'fc.adapter.prototypes.cols': block size 7x16 does not divide the 1000x512 weight of 'fc'")
+    refuse(
+        make_spa([splopa(7, 16, 100, 32)]),
+        model,
+        sd,
+        "tensor 'fc.adapter.prototypes.cols': block size 7x16 does not divide the 1000x512 weight of 'fc'",
+    )
     refuse(
         make_spa([splopa(10, 16, 50, 32)]),
         model,
         sd,
         "tensor 'fc.adapter.pos_weights': expected shape [3, 100, 32] (P, out/p, in/q), got [3, 50, 32]",
     )
-    conv = LayerSpa("conv1", pos_weights=torch.zeros(1, 8, 3), proto_cols=torch.zeros(1, 8, 1), proto_rows=torch.zeros(1, 1, 1))
-    refuse(make_spa([conv]), model, sd, "tensor 'conv1.adapter.pos_weights': SPLoPA adapters apply to Linear layers only; 'conv1' is a Conv2d")
+    conv = LayerSpa(
+        "conv1",
+        pos_weights=torch.zeros(1, 8, 3),
+        proto_cols=torch.zeros(1, 8, 1),
+        proto_rows=torch.zeros(1, 1, 1),
+    )
+    refuse(
+        make_spa([conv]),
+        model,
+        sd,
+        "tensor 'conv1.adapter.pos_weights': SPLoPA adapters apply to Linear layers only; 'conv1' is a Conv2d",
+    )
 
 
 def test_block_mask_alone(resnet: tuple[nn.Module, dict]) -> None:
     model, sd = resnet
-    check_compatible(make_spa([LayerSpa("fc", block_mask=torch.ones(100, 32, dtype=torch.bool))]), model, sd)
+    check_compatible(
+        make_spa([LayerSpa("fc", block_mask=torch.ones(100, 32, dtype=torch.bool))]), model, sd
+    )
     refuse(
         make_spa([LayerSpa("fc", block_mask=torch.ones(3, 32, dtype=torch.bool))]),
         model,
@@ -244,5 +294,8 @@ def test_block_mask_alone(resnet: tuple[nn.Module, dict]) -> None:
 
 def test_messages_name_layer_without_path(resnet: tuple[nn.Module, dict]) -> None:
     model, sd = resnet
-    with pytest.raises(SpaCompatibilityError, match=re.escape("tensor 'nope.in_mask': the base network has no module 'nope'")):
+    with pytest.raises(
+        SpaCompatibilityError,
+        match=re.escape("tensor 'nope.in_mask': the base network has no module 'nope'"),
+    ):
         check_compatible(make_spa([LayerSpa("nope", in_mask=ones(3))]), model, sd)

@@ -18,7 +18,6 @@ does not, the channel is treated as input-dependent (the safe side).
 
 from __future__ import annotations
 
-import copy
 import operator
 from collections import Counter
 from dataclasses import dataclass, field
@@ -95,13 +94,9 @@ class ChannelGraph:
 
 
 def trace_channels(model: nn.Module, input_shape: tuple[int, ...], *, seed: int = 0) -> ChannelGraph:
-    """Trace ``model`` (not modified) on a probe of ``input_shape`` (batch axis replaced by 2)."""
-    work = copy.deepcopy(model).eval()
-    for mod in work.modules():
-        if hasattr(mod, "inplace"):
-            mod.inplace = False
+    """Trace ``model`` (not modified, not copied) on a probe of ``input_shape`` (batch axis replaced by 2)."""
     try:
-        gm = fx.symbolic_trace(work)
+        gm = fx.symbolic_trace(model)  # shares the model's modules; nothing of them is changed
     except Exception as err:
         raise ArchitectureError(
             f"the network cannot be traced with torch.fx ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
@@ -150,7 +145,13 @@ class _Interpreter(fx.Interpreter):
         if n.op == "call_method" and isinstance(n.target, str) and n.target.endswith("_") \
                 and not n.target.startswith("_"):
             n.target = n.target[:-1]
-        result = super().run_node(n)
+        if n.op == "call_module" and getattr(self.g.modules[n.target], "inplace", False):
+            # Run an in-place module on a copy, so that every recorded value stays what its readers saw.
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+            result = self.call_module(n.target, args, kwargs)
+        else:
+            result = super().run_node(n)
         slot = self.analyse(n, result)
         if slot is not None:
             if isinstance(result, torch.Tensor):

@@ -81,7 +81,8 @@ def parse_spa_bytes(data: bytes, path: object = None) -> SpaFile:
     """Parse and validate the bytes of an SPA file (``path`` only names it in errors)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SpaFormatError(f"expected bytes, got {type(data).__name__}", path=path)
-    data = bytes(data)
+    if not isinstance(data, bytes):
+        data = bytes(data)
     if len(data) > MAX_FILE_BYTES:
         raise SpaFormatError(
             f"{len(data)} bytes, more than the {MAX_FILE_BYTES} bytes an SPA file may have",

@@ -39,7 +39,9 @@ def test_digest_of_empty_state_dict() -> None:
 
 def _small_net_state() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2)
+    )
     net(torch.randn(2, 3, 3, 3))  # BN statistics and num_batches_tracked (an I64 scalar) move
     return net.state_dict()
 

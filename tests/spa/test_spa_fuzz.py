@@ -34,7 +34,10 @@ def _seed_file() -> bytes:
             block_mask=torch.tensor([[True, False, True], [False, True, True]]),
         ),
     ]
-    overrides = {"fc.weight": torch.randn(2, 3, generator=g), "bn.num_batches_tracked": torch.tensor(7)}
+    overrides = {
+        "fc.weight": torch.randn(2, 3, generator=g),
+        "bn.num_batches_tracked": torch.tensor(7),
+    }
     return spa_bytes(make_spa(layers, overrides, task="fuzz", base_digest="sha256:" + "ab" * 32))
 
 
@@ -49,9 +52,13 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.sampled_from([0, 1, 2, 3, 4, 8, 12, 24, 2**31, 2**63, 2**64])
     | st.floats(allow_nan=False)
-    | st.sampled_from(["F32", "F16", "BOOL", "I64", "BF16", "U8", "F8_E4M3", "C64", "spa", "1", "2"])
+    | st.sampled_from(
+        ["F32", "F16", "BOOL", "I64", "BF16", "U8", "F8_E4M3", "C64", "spa", "1", "2"]
+    )
     | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -106,7 +113,9 @@ mutations = st.one_of(
     st.tuples(
         st.just("json"),
         st.sampled_from([*NAMES, "override.x", "a.out_mask", "__metadata__"]),
-        st.sampled_from(["dtype", "shape", "data_offsets", "spa.format", "spa.version", "spa.base_digest"]),
+        st.sampled_from(
+            ["dtype", "shape", "data_offsets", "spa.format", "spa.version", "spa.base_digest"]
+        ),
         json_values,
     ),
 )

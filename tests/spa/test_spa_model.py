@@ -15,7 +15,9 @@ def mask(bits: str) -> torch.Tensor:
 
 
 def test_kind_rank_and_kept_indices() -> None:
-    layer = LayerSpa("a.b", out_mask=mask("10110"), lora_cols=torch.ones(3, 4), lora_rows=torch.ones(4, 6))
+    layer = LayerSpa(
+        "a.b", out_mask=mask("10110"), lora_cols=torch.ones(3, 4), lora_rows=torch.ones(4, 6)
+    )
     assert layer.kind == "splora"
     assert layer.rank == 4
     assert layer.out_kept(5) == 3
@@ -24,13 +26,25 @@ def test_kind_rank_and_kept_indices() -> None:
     assert layer.kept_out_index(5).dtype == torch.int64
     assert layer.kept_in_index(6).tolist() == [0, 1, 2, 3, 4, 5]
     assert layer.block_size is None
-    with pytest.raises(SpaFormatError, match=r"tensor 'a.b.out_mask': mask has 5 entries, the layer has 4 channels"):
+    with pytest.raises(
+        SpaFormatError, match=r"tensor 'a.b.out_mask': mask has 5 entries, the layer has 4 channels"
+    ):
         layer.out_kept(4)
 
     pw = LayerSpa("c", in_mask=mask("011"), pointwise=torch.ones(2, 7))
-    assert (pw.kind, pw.rank, pw.in_kept(3), pw.kept_in_index(3).tolist()) == ("sppara", None, 2, [1, 2])
+    assert (pw.kind, pw.rank, pw.in_kept(3), pw.kept_in_index(3).tolist()) == (
+        "sppara",
+        None,
+        2,
+        [1, 2],
+    )
 
-    lopa = LayerSpa("d", pos_weights=torch.ones(3, 2, 4), proto_cols=torch.ones(3, 5, 1), proto_rows=torch.ones(3, 1, 7))
+    lopa = LayerSpa(
+        "d",
+        pos_weights=torch.ones(3, 2, 4),
+        proto_cols=torch.ones(3, 5, 1),
+        proto_rows=torch.ones(3, 1, 7),
+    )
     assert (lopa.kind, lopa.rank, lopa.block_size) == ("splopa", None, (5, 7))
     assert LayerSpa("e", out_mask=mask("1")).kind is None
 
@@ -70,11 +84,20 @@ def test_learned_parameter_count() -> None:
 
 def test_mask_bits_round_up() -> None:
     spa = make_spa([LayerSpa("x", out_mask=torch.ones(33, dtype=torch.bool))])
-    assert spa.learned_parameter_count() == {"adapter": 0, "adapter_bias": 0, "overrides": 0, "mask_bits": 33, "total": 2}
+    assert spa.learned_parameter_count() == {
+        "adapter": 0,
+        "adapter_bias": 0,
+        "overrides": 0,
+        "mask_bits": 33,
+        "total": 2,
+    }
 
 
 def test_tensors_flat_names() -> None:
-    spa = make_spa([LayerSpa("m.0", out_mask=mask("10"), pointwise=torch.ones(3, 1))], {"m.1.weight": torch.ones(2)})
+    spa = make_spa(
+        [LayerSpa("m.0", out_mask=mask("10"), pointwise=torch.ones(3, 1))],
+        {"m.1.weight": torch.ones(2)},
+    )
     assert sorted(spa.tensors()) == ["m.0.adapter", "m.0.out_mask", "override.m.1.weight"]
 
 
@@ -98,15 +121,31 @@ def test_parse_tensor_name(name: str, expected: tuple[str, str]) -> None:
 
 
 def test_construction_validates() -> None:
-    with pytest.raises(SpaFormatError, match=r"^tensor 'fc.out_mask': expected dtype BOOL, got I64$"):
+    with pytest.raises(
+        SpaFormatError, match=r"^tensor 'fc.out_mask': expected dtype BOOL, got I64$"
+    ):
         LayerSpa("fc", out_mask=torch.tensor([1, 0]))
-    with pytest.raises(SpaFormatError, match=r"^tensor 'fc.adapter': expected shape \[1, 2\] \(in_kept, out_kept\), got \[2, 2\]$"):
+    with pytest.raises(
+        SpaFormatError,
+        match=r"^tensor 'fc.adapter': expected shape \[1, 2\] \(in_kept, out_kept\), got \[2, 2\]$",
+    ):
         LayerSpa("fc", out_mask=mask("110"), in_mask=mask("010"), pointwise=torch.ones(2, 2))
-    with pytest.raises(SpaFormatError, match=r"^tensor 'fc.adapter.cols': expected a 2-D \[out_kept, r\] tensor, got shape \[3\]$"):
+    with pytest.raises(
+        SpaFormatError,
+        match=r"^tensor 'fc.adapter.cols': expected a 2-D \[out_kept, r\] tensor, got shape \[3\]$",
+    ):
         LayerSpa("fc", lora_cols=torch.ones(3), lora_rows=torch.ones(1, 2))
     with pytest.raises(SpaFormatError, match=r"^tensor 'fc.adapter.pos_weights': expected a 3-D"):
-        LayerSpa("fc", pos_weights=torch.ones(3, 2), proto_cols=torch.ones(3, 1, 1), proto_rows=torch.ones(3, 1, 1))
-    with pytest.raises(SpaFormatError, match=r"^tensor 'fc.adapter_bias': expected shape \[2\] \(out_kept\), got \[3\]$"):
+        LayerSpa(
+            "fc",
+            pos_weights=torch.ones(3, 2),
+            proto_cols=torch.ones(3, 1, 1),
+            proto_rows=torch.ones(3, 1, 1),
+        )
+    with pytest.raises(
+        SpaFormatError,
+        match=r"^tensor 'fc.adapter_bias': expected shape \[2\] \(out_kept\), got \[3\]$",
+    ):
         LayerSpa("fc", out_mask=mask("101"), adapter_bias=torch.ones(3))
     with pytest.raises(SpaFormatError, match="layer name must be a non-empty string"):
         LayerSpa("", out_mask=mask("1"))
@@ -121,5 +160,7 @@ def test_equality() -> None:
     assert a != c
     assert a != d
     assert make_spa([a], {"k": torch.ones(2)}) == make_spa([b], {"k": torch.ones(2)})
-    assert make_spa([a], {"k": torch.ones(2)}) != make_spa([a], {"k": torch.ones(2, dtype=torch.float64)})
+    assert make_spa([a], {"k": torch.ones(2)}) != make_spa(
+        [a], {"k": torch.ones(2, dtype=torch.float64)}
+    )
     assert make_spa([a], task="x") != make_spa([a], task="y")

@@ -12,7 +12,15 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from spa_export.errors import InputError, SpaFormatError
-from spa_export.spa import LayerSpa, SpaFile, make_spa, parse_spa_bytes, read_spa, spa_bytes, write_spa
+from spa_export.spa import (
+    LayerSpa,
+    SpaFile,
+    make_spa,
+    parse_spa_bytes,
+    read_spa,
+    spa_bytes,
+    write_spa,
+)
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
@@ -45,7 +53,14 @@ def full_spa() -> SpaFile:
         "bn1.running_var": torch.rand(4, generator=g).to(torch.bfloat16),
         "mask_buffer": torch.tensor([True, False]),
     }
-    return make_spa(layers, overrides, task="cifar10", arch="torchvision:resnet18", base_digest=DIGEST, description="test file")
+    return make_spa(
+        layers,
+        overrides,
+        task="cifar10",
+        arch="torchvision:resnet18",
+        base_digest=DIGEST,
+        description="test file",
+    )
 
 
 def test_round_trip_every_field_kind(tmp_path: Path) -> None:
@@ -125,7 +140,11 @@ def test_unknown_metadata_keys_are_kept(tmp_path: Path) -> None:
 
 
 def test_half_precision_adapters_become_float32() -> None:
-    layer = LayerSpa("fc", lora_cols=torch.ones(2, 1, dtype=torch.float16), lora_rows=torch.full((1, 3), 0.5, dtype=torch.bfloat16))
+    layer = LayerSpa(
+        "fc",
+        lora_cols=torch.ones(2, 1, dtype=torch.float16),
+        lora_rows=torch.full((1, 3), 0.5, dtype=torch.bfloat16),
+    )
     assert layer.lora_cols.dtype == torch.float32
     assert layer.lora_rows.dtype == torch.float32
     assert layer.lora_rows.tolist() == [[0.5, 0.5, 0.5]]
@@ -147,7 +166,9 @@ def test_non_contiguous_and_shared_tensors_are_written(tmp_path: Path) -> None:
     assert back == spa
 
 
-def test_write_failure_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_failure_leaves_old_file_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "task.spa"
     write_spa(make_spa([LayerSpa("fc", out_mask=torch.tensor([True]))]), path)
     before = path.read_bytes()
@@ -156,7 +177,9 @@ def test_write_failure_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(InputError, match=re.escape(f"{path}: cannot write: No space left on device")):
+    with pytest.raises(
+        InputError, match=re.escape(f"{path}: cannot write: No space left on device")
+    ):
         write_spa(full_spa(), path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["task.spa"]
@@ -169,13 +192,19 @@ def test_write_into_missing_directory(tmp_path: Path) -> None:
 
 def test_writer_refuses_unknown_version() -> None:
     spa = SpaFile(metadata={"spa.format": "spa", "spa.version": "2"}, layers={}, overrides={})
-    with pytest.raises(SpaFormatError, match="metadata has spa.version '2', this reader knows spa.version '1'"):
+    with pytest.raises(
+        SpaFormatError, match="metadata has spa.version '2', this reader knows spa.version '1'"
+    ):
         spa_bytes(spa)
 
 
 def test_writer_fills_missing_format_keys() -> None:
     spa = SpaFile(metadata={"spa.task": "x"}, layers={}, overrides={})
-    assert parse_spa_bytes(spa_bytes(spa)).metadata == {"spa.task": "x", "spa.format": "spa", "spa.version": "1"}
+    assert parse_spa_bytes(spa_bytes(spa)).metadata == {
+        "spa.task": "x",
+        "spa.format": "spa",
+        "spa.version": "1",
+    }
 
 
 def test_make_spa_refuses_bad_input() -> None:
@@ -191,5 +220,7 @@ def test_make_spa_refuses_bad_input() -> None:
 
 
 def test_layer_name_colliding_with_override_prefix() -> None:
-    with pytest.raises(SpaFormatError, match="layer name 'override.fc' collides with the 'override.' prefix"):
+    with pytest.raises(
+        SpaFormatError, match="layer name 'override.fc' collides with the 'override.' prefix"
+    ):
         LayerSpa("override.fc", out_mask=torch.tensor([True]))
