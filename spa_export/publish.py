@@ -7,8 +7,11 @@ build leaves ``--out`` as it was.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,14 +31,55 @@ def check_out_dir(out: Path) -> None:
         raise InputError(f"--out {out}: cannot write in {parent}")
 
 
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def staging_dir(out: Path) -> Path:
-    out.resolve().parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.resolve().parent))
+    """A fresh hidden directory beside ``out``, or in its nearest existing ancestor.
+
+    Missing parents of ``out`` are created only by :func:`publish`, so a failed
+    or interrupted build leaves no empty directories behind. The ancestor is on
+    the same file system as the parents created below it: the rename stays atomic.
+    """
+    parent = _existing_ancestor(out.resolve().parent)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=parent))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # file system or kernel without it
+        return False
+    raise OSError(err, os.strerror(err), str(a))
 
 
 def publish(staging: Path, out: Path) -> None:
-    """Move ``staging`` to ``out``: the old ``out`` (if any) is replaced as a whole."""
+    """Move ``staging`` to ``out``: the old ``out`` (if any) is replaced as a whole.
+
+    Where the kernel can, an existing ``out`` is swapped with ``staging`` in one
+    atomic step (the old contents then sit in ``staging`` and are removed), so
+    even a process killed mid-publish leaves either the old or the new ``out``,
+    never none. Elsewhere the old ``out`` is renamed aside first.
+    """
     out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and _exchange(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)
+        return
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"

@@ -179,5 +179,8 @@ def test_refuses_what_the_spec_cannot_hold() -> None:
     attention = sp_adapters.SPLoRA(nn.Sequential(nn.MultiheadAttention(8, 2)), rank=1)
     with pytest.raises(InputError, match="SPLoRAMultiheadAttention"):
         from_sp_adapters(attention)
+    linear = sp_adapters.SPLoRA(nn.Sequential(nn.Linear(4, 4)), rank=1)
     with pytest.raises(InputError, match="no Linear or ConvNd"):
-        from_sp_adapters(grouped, masks={"nope": (None, None)})
+        from_sp_adapters(linear, masks={"nope": (None, None)})
+    with pytest.raises(InputError, match="1-D bool tensor of 4 entries"):
+        from_sp_adapters(linear, masks={"0": (torch.ones(3, dtype=torch.bool), None)})

@@ -16,8 +16,13 @@ def _load_recipe(path: Path) -> dict:
 
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise InputError(f"{path}: cannot read the recipe: {err}") from err
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the recipe: {err.strerror or err}") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise InputError(f"{path}: cannot read the recipe: not valid YAML{where}: {problem}") from err
     if not isinstance(data, dict):
         raise InputError(f"{path}: a recipe is a mapping of option names to values")
     base_dir = path.parent

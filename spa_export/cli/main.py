@@ -27,7 +27,7 @@ class _Group(click.Group):
         except SpaExportError as err:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {_one_line(err)}", err=True)
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: nothing was written", err=True)
@@ -36,6 +36,11 @@ class _Group(click.Group):
             click.echo("error: out of memory", err=True)
             ctx.exit(2)
         return None
+
+
+def _one_line(err: BaseException) -> str:
+    """The message on one line: wrapped third-party messages (YAML, numpy) may span several."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

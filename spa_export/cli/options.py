@@ -13,13 +13,10 @@ class InputShape(click.ParamType):
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple:
         if isinstance(value, tuple):
             return value
-        from spa_export.errors import InputError
         from spa_export.pipeline import parse_input_shape
 
-        try:
-            return parse_input_shape(str(value))
-        except InputError as err:
-            self.fail(str(err), param, ctx)
+        # an InputError, not click's multi-line usage error: the CLI reports it as one line
+        return parse_input_shape(str(value))
 
 
 INPUT_SHAPE = InputShape()

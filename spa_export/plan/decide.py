@@ -40,6 +40,9 @@ def decide(graph: ChannelGraph, input_shape: list[int], *, round_to: int = 1) ->
             reason.setdefault(r, why)
     candidate = np.zeros(n, dtype=bool)
     constant = np.zeros(n, dtype=bool)
+    for p in graph.producers:  # a producer's constant outputs were asked to go (masked)
+        if p.dep is not None:
+            candidate[root[p.ids[~p.dep]]] = True
     for c in graph.consumers:
         r = root[c.ids]
         ok = c.unread | ~c.dep

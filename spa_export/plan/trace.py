@@ -63,6 +63,7 @@ class Producer:
     ids: np.ndarray
     groups: int = 1
     module: str | None = None  # set for conv/linear outputs that can shrink
+    dep: np.ndarray | None = None  # which outputs depend on the input (None: all)
 
 
 @dataclass
@@ -213,16 +214,18 @@ class _Interpreter(fx.Interpreter):
             read[j * per_in:(j + 1) * per_in] = nz[j * per_out:(j + 1) * per_out].any(0)
         self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~read, g, value[:1]))
         ids = self.g.new_ids(cout, n.target)
-        self.g.producers.append(Producer(n.target, ids, g, module=n.target))
         dep_in = x.dep.reshape(g, per_in)[np.arange(cout) // per_out]
-        return Slot(ids, (nz & dep_in).any(1))
+        dep = (nz & dep_in).any(1)
+        self.g.producers.append(Producer(n.target, ids, g, module=n.target, dep=dep))
+        return Slot(ids, dep)
 
     def linear(self, n: fx.Node, mod: nn.Linear, x: Slot, value: torch.Tensor) -> Slot:
         nz = (mod.weight.detach() != 0).numpy()
         self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~nz.any(0), 1, value[:1]))
         ids = self.g.new_ids(mod.out_features, n.target)
-        self.g.producers.append(Producer(n.target, ids, 1, module=n.target))
-        return Slot(ids, (nz & x.dep[None, :]).any(1))
+        dep = (nz & x.dep[None, :]).any(1)
+        self.g.producers.append(Producer(n.target, ids, 1, module=n.target, dep=dep))
+        return Slot(ids, dep)
 
     def on_function(self, n: fx.Node, result: object) -> Slot | None:
         target = n.target

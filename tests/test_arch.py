@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from spa_export.arch import build_model, load_into, load_state_dict_file
+from spa_export.errors import ArchitectureError, CheckpointError
+
+
+def test_safetensors_without_version_metadata_loads_into_version_checking_modules(tmp_path):
+    """MNASNet refuses state dicts without its version metadata; safetensors never carry it."""
+    model = build_model("torchvision:mnasnet0_5")
+    state = {k: v.clone() + 0.5 for k, v in model.state_dict().items() if v.is_floating_point()}
+    state.update({k: v for k, v in model.state_dict().items() if not v.is_floating_point()})
+    save_file(state, str(tmp_path / "m.safetensors"))
+    fresh = build_model("torchvision:mnasnet0_5")
+    load_into(fresh, load_state_dict_file(tmp_path / "m.safetensors"))
+    key = "layers.0.weight"
+    assert torch.equal(fresh.state_dict()[key], state[key])
+
+
+def test_pt_state_dict_loads_with_weights_only(tmp_path):
+    model = build_model("spa_export.examples:tiny_resnet")
+    torch.save(model.state_dict(), tmp_path / "b.pt")
+    loaded = load_state_dict_file(tmp_path / "b.pt")
+    assert set(loaded) == set(model.state_dict())
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("torchvision:no_such_net", "unknown torchvision classification model 'no_such_net'"),
+    ("resnet50", "is not of the form"),
+    ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
+    ("spa_export.examples:nothing", "has no callable 'nothing'"),
+])
+def test_bad_architectures(spec, message):
+    with pytest.raises(ArchitectureError, match=message):
+        build_model(spec)
+
+
+def test_unreadable_checkpoint(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"garbage, not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read as a safetensors file"):
+        load_state_dict_file(tmp_path / "x.safetensors")
