@@ -2,13 +2,15 @@
 
 The TorchScript-based exporter is used by default: for convolutional networks
 it is several times faster than the dynamo exporter and writes one
-self-contained file. ``exporter="dynamo"`` selects the newer one.
+self-contained file. Where it cannot express an operation, the dynamo
+exporter is tried; ``exporter="dynamo"`` selects it from the start.
 onnxsim's own random-input check is off; :mod:`spa_export.verify` checks the
 result against the reference instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -46,7 +48,18 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *, o
         sample = model(example)
     outputs = [sample] if isinstance(sample, torch.Tensor) else list(sample)
     output_names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
-    proto = _export(model, example, output_names, opset, exporter)
+    try:
+        proto = _export(model, example, output_names, opset, exporter)
+    except BuildError as first:
+        if exporter != "torchscript":
+            raise
+        # Some operations (adaptive pooling to a size that is not a factor of its input) only the
+        # dynamo exporter can express: fall back to it, and say so in the report.
+        try:
+            proto = _export(model, example, output_names, opset, "dynamo")
+        except BuildError:
+            raise first from None
+        exporter = "dynamo (torchscript failed)"
     nodes_before = len(proto.graph.node)
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -83,9 +96,11 @@ def _export(model: nn.Module, example: torch.Tensor, output_names: list[str], op
                 return onnx.load_from_string(buffer.getvalue())
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch", min=1, max=1024)
-                program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
-                                            input_names=[INPUT_NAME], output_names=output_names,
-                                            dynamic_shapes=({0: batch},), external_data=False)
+                with contextlib.redirect_stdout(io.StringIO()):  # its progress lines are not ours
+                    program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                                input_names=[INPUT_NAME], output_names=output_names,
+                                                dynamic_shapes=({0: batch},), external_data=False,
+                                                verbose=False)
                 return program.model_proto
         except Exception as err:
             raise BuildError(f"torch.onnx.export failed: {type(err).__name__}: {str(err)[:300]}") from err

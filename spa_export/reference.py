@@ -61,7 +61,7 @@ def _selection(mask: torch.Tensor | None, size: int) -> torch.Tensor:
     """Sparse one-hot columns for the kept entries: ``S[o, o'] = 1`` where ``o`` is the o'-th kept channel."""
     kept = torch.arange(size) if mask is None else torch.nonzero(mask).flatten()
     index = torch.stack([kept, torch.arange(len(kept))])
-    return torch.sparse_coo_tensor(index, torch.ones(len(kept)), (size, len(kept))).coalesce()
+    return torch.sparse_coo_tensor(index, torch.ones(len(kept)), (size, len(kept)), check_invariants=True).coalesce()
 
 
 def _spread(s_out: torch.Tensor, compact: torch.Tensor, s_in: torch.Tensor) -> torch.Tensor:

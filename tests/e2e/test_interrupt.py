@@ -1,0 +1,155 @@
+"""Interrupted builds leave ``--out`` exactly as it was.
+
+Real ``spa-export build`` processes on the shipped example get SIGINT or
+SIGKILL at a time after start or when stderr shows a given stage line. Then:
+
+* ``--out`` is byte-identical to what it was before: absent, or a complete
+  earlier build;
+* SIGINT: exit code 130, one ``interrupted:`` line (the last on stderr), no
+  traceback, and no staging directory left behind;
+* SIGKILL: the process cannot clean up, so a hidden ``.out.staging-*``
+  directory beside ``--out`` may remain; ``--out`` itself must be untouched,
+  and the next build must still work.
+
+The runs go side by side (each pays the interpreter and torch start-up), in
+a module fixture; the tests then check one run each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from bad_inputs import EXAMPLE_BASE, EXAMPLE_SPA, cli_command, cli_env, invoke, tree
+
+INTERRUPTED = "interrupted: nothing was written"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    sig: signal.Signals
+    when: float | str           # seconds after start, or the start of a stderr line
+    over_complete: bool         # --out holds a complete earlier build
+
+
+SCENARIOS = [
+    Scenario("sigint-0.5s", signal.SIGINT, 0.5, False),
+    Scenario("sigint-2s", signal.SIGINT, 2.0, True),
+    Scenario("sigint-plan", signal.SIGINT, "[3/7] plan", False),
+    Scenario("sigint-export", signal.SIGINT, "[5/7] export", True),
+    Scenario("sigint-verify", signal.SIGINT, "[6/7] verify", False),
+    Scenario("sigkill-1s", signal.SIGKILL, 1.0, True),
+    Scenario("sigkill-export", signal.SIGKILL, "[5/7] export", False),
+    Scenario("sigkill-verify", signal.SIGKILL, "[6/7] verify", True),
+]
+
+
+@dataclass
+class Run:
+    fired: bool
+    seen: str                   # the last stderr line before the signal
+    code: int
+    stdout: str
+    stderr: str
+    before: object
+    after: object
+    out: Path
+
+
+def _build_args(out: Path) -> list[str]:
+    return [*cli_command(), "build", "--base", str(EXAMPLE_BASE), "--spa", str(EXAMPLE_SPA),
+            "--input-shape", "1,3,32,32", "--bench", "none", "--out", str(out)]
+
+
+def _run(s: Scenario, work: Path, complete: Path) -> Run:
+    work.mkdir(parents=True)
+    out = work / "out"
+    if s.over_complete:
+        shutil.copytree(complete, out)
+    before = tree(out)
+    proc = subprocess.Popen(_build_args(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
+    lines: list[str] = []
+    at_stage = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if isinstance(s.when, str) and line.startswith(s.when):
+                at_stage.set()
+        at_stage.set()  # end of output: the process is gone
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if isinstance(s.when, str):
+        at_stage.wait(timeout=240)
+    else:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=s.when)
+    fired = proc.poll() is None
+    seen = lines[-1].rstrip("\n") if lines else ""
+    if fired:
+        proc.send_signal(s.sig)
+    try:
+        code = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+    reader.join(timeout=30)
+    assert proc.stdout is not None
+    return Run(fired, seen, code, proc.stdout.read(), "".join(lines), before, tree(out), out)
+
+
+@pytest.fixture(scope="module")
+def runs(complete_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    # A shell that starts a job in the background sets SIGINT to "ignore", and
+    # children inherit that: make sure ours can be interrupted at all.
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    root = tmp_path_factory.mktemp("interrupt")
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            futures = {s.id: pool.submit(_run, s, root / s.id, complete_build) for s in SCENARIOS}
+            return {k: f.result() for k, f in futures.items()}
+    finally:
+        if previous == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
+def test_interrupted_build_leaves_out_as_it_was(scenario: Scenario, runs: dict[str, Run]) -> None:
+    r = runs[scenario.id]
+    assert r.fired, f"the build ended (exit {r.code}) before the signal could be sent:\n{r.stderr}"
+    assert r.after == r.before, f"--out changed (signal after: {r.seen!r})"
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+    beside = sorted(p.name for p in r.out.parent.iterdir() if p.name != "out")
+    if scenario.sig == signal.SIGINT:
+        assert r.code == 130, f"exit {r.code} (signal after: {r.seen!r}):\n{r.stderr}"
+        lines = r.stderr.splitlines()
+        assert lines[-1] == INTERRUPTED, r.stderr
+        assert sum(line.startswith("interrupted") for line in lines) == 1, r.stderr
+        assert beside == [], f"left behind: {beside}"
+    else:
+        assert r.code == -signal.SIGKILL
+        # killed outright: no cleanup can run, so a staging directory may remain, but only that
+        assert all(name.startswith(".out.staging-") for name in beside), beside
+
+
+def test_build_after_a_killed_build(runs: dict[str, Run]) -> None:
+    """A staging directory left by SIGKILL does not stand in the way of the next build."""
+    r = runs["sigkill-export"]
+    result = invoke(["build", "--base", str(EXAMPLE_BASE), "--spa", str(EXAMPLE_SPA), "--input-shape",
+                     "1,3,32,32", "--bench", "none", "--out", str(r.out), "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in r.out.iterdir()) == ["model.onnx", "report.json", "report.md"]
+
