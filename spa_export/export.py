@@ -78,6 +78,8 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *, o
                 proto, simplified = candidate, True
     data = proto.SerializeToString()
     path.write_bytes(data)
+    # The dynamo exporter may keep a newer opset where it cannot convert down: record the real one.
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     return ExportReport(opset, exporter, simplified, nodes_before, len(proto.graph.node), len(data))
 
 
@@ -96,7 +98,8 @@ def _export(model: nn.Module, example: torch.Tensor, output_names: list[str], op
                 return onnx.load_from_string(buffer.getvalue())
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch", min=1, max=1024)
-                with contextlib.redirect_stdout(io.StringIO()):  # its progress lines are not ours
+                # Its progress lines and version-converter complaints are not ours to print.
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                     program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
                                                 input_names=[INPUT_NAME], output_names=output_names,
                                                 dynamic_shapes=({0: batch},), external_data=False,

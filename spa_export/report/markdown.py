@@ -83,8 +83,9 @@ def _summary(report: Mapping[str, Any]) -> list[str]:
     verification = report.get("verification")
     if verification:
         verdict = "passed" if verification.get("passed") else "**FAILED**"
-        text = (f"{verdict} (rtol {_sci(verification.get('rtol'))}, "
-                f"atol {_sci(verification.get('atol'))})")
+        atol = (f"{_sci(verification['atol_scale'])} × output scale" if "atol_scale" in verification
+                else _sci(verification.get("atol")))
+        text = f"{verdict} (rtol {_sci(verification.get('rtol'))}, atol {atol})"
         worst = verification.get("worst") or {}
         if worst:
             text += (f"; worst element: case '{worst.get('case')}', output "

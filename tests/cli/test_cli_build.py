@@ -1,0 +1,88 @@
+"""The command line as a user meets it: the shipped example, exit codes, help without torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spa_export.cli.main", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("example")
+    for name in ("tiny_resnet.safetensors", "tiny_resnet-example.spa"):
+        shutil.copy(ROOT / "models" / name, root / name)
+    return root
+
+
+def test_help_is_instant_and_imports_no_torch():
+    code = ("import sys\nfrom spa_export.cli.main import main\nsys.argv=['spa-export','--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "build" in out.stdout and "synth" in out.stdout
+    assert out.stdout.strip().endswith("False")
+
+
+def test_build_the_shipped_example(example):
+    out = example / "out"
+    r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
+             str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json", "report.md"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["passed"]
+    # The example's masks are output-only at 50%: half of every prunable group goes, constants folded in.
+    assert [(g["id"], g["channels"], g["kept"]) for g in report["groups"] if g["removed"]] == [
+        (g["id"], g["channels"], g["channels"] // 2) for g in report["groups"] if g["removed"]]
+    assert report["params"]["pruned"] < 0.3 * report["params"]["dense"]
+    assert "model.onnx" in r.stdout
+    assert r.stderr == ""  # -q: no progress
+
+
+def test_verification_failure_exits_1_and_publishes_nothing(example):
+    out = example / "strict"
+    r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
+             str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
+             "--rtol", "1e-15", "--atol", "1e-15", "-q")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error: model.onnx differs from the masked network")
+    assert "expected" in r.stderr and "got" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+    assert not list(example.glob(".strict.staging-*"))
+
+
+def test_synth_then_inspect(tmp_path):
+    spa, base = tmp_path / "t.spa", tmp_path / "b.safetensors"
+    r = _run("synth", "--arch", "spa_export.examples:tiny_resnet", "--input-shape", "1,3,32,32", "--prune", "0.25",
+             "--rank", "2", "--save-base", str(base), "-o", str(spa))
+    assert r.returncode == 0, r.stderr
+    r = _run("inspect", str(spa), "--base", str(base), "--input-shape", "1,3,32,32", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["arch"] == "spa_export.examples:tiny_resnet"
+    conv = next(layer for layer in info["layers"] if layer["name"] == "stem.0")
+    assert (conv["out"], conv["out_kept"], conv["rank"]) == (16, 12, 2)
+    assert info["pruned_params"] < info["dense_params"]
+    assert 0 < info["ratio_vs_finetune"] < 0.2
+
+
+def test_round_to_keeps_multiples(example, tmp_path):
+    out = tmp_path / "r8"
+    r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
+             str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
+             "--round-to", "16", "-q")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["passed"] and report["plan"]["round_to"] == 16
+    assert all(g["kept"] % 16 == 0 or g["kept"] == g["channels"] for g in report["groups"])
