@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import signal
 from pathlib import Path
 
 import click
 
 from spa_export.cli.options import ARCH_HELP, INPUT_SHAPE
+
+#: Libraries a build imports at some stage, C extensions all of them.
+_HEAVY_MODULES = ("numpy", "torch", "onnx", "onnxruntime")
+
+
+def _import_heavy_modules() -> None:
+    """Import what a build needs with Ctrl-C held back until the imports are done.
+
+    A KeyboardInterrupt that lands inside a C extension's initialisation can
+    come out as an ImportError, which optional-import guards in those
+    libraries swallow: numpy or torch stay half-initialised, the build goes on
+    and fails later with a traceback (or even succeeds and publishes).
+    Blocking SIGINT over the imports (a few seconds at most) delivers it right
+    after them, at a point where it stops the build cleanly (exit 130).
+    """
+    can_block = hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if can_block else None
+    try:
+        for name in _HEAVY_MODULES:
+            with contextlib.suppress(ImportError):  # a missing one is reported where it is used
+                importlib.import_module(name)
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _load_recipe(path: Path) -> dict:
@@ -90,6 +117,7 @@ def build(recipe: Path | None, **given: object) -> None:
         bench_batches=tuple(values.get("batches") or (1, 8)), threads=values.get("threads"),
         budget_s=values.get("budget") or 2.0, quiet=bool(values.get("quiet")),
     )
+    _import_heavy_modules()
     result = run_build(opts)
     r = result.report
     ver = r["verification"]

@@ -9,6 +9,7 @@ the traceback instead.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -67,7 +68,17 @@ def _register() -> None:
 
 def main() -> None:
     _register()
-    cli(prog_name="spa-export")
+    try:
+        cli(prog_name="spa-export")
+    except SystemExit as done:
+        if done.code == 130:
+            # Interrupted. A KeyboardInterrupt that crossed C code running Python through
+            # PyRun_* (torch's import does) makes CPython kill itself with SIGINT at exit,
+            # whatever the exit code: end here so that the code is 130 as documented.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

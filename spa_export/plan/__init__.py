@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from spa_export.errors import ArchitectureError
+
 from spa_export.plan.decide import decide
 from spa_export.plan.model import ConstantFold, GroupReport, ModulePlan, PrunePlan
 from spa_export.plan.trace import ChannelGraph, trace_channels
@@ -14,6 +16,15 @@ __all__ = ["ChannelGraph", "ConstantFold", "GroupReport", "ModulePlan", "PrunePl
 
 def make_plan(model: nn.Module, input_shape: tuple[int, ...] | list[int], *, round_to: int = 1,
               seed: int = 0) -> PrunePlan:
-    """Trace ``model`` (the merged, masked network; not modified) and plan its channel removal."""
-    graph = trace_channels(model, tuple(input_shape), seed=seed)
+    """Trace ``model`` (the merged, masked network; not modified) and plan its channel removal.
+
+    A network that torch.fx cannot trace keeps every channel (still exact, only not smaller);
+    the plan says why.
+    """
+    try:
+        graph = trace_channels(model, tuple(input_shape), seed=seed)
+    except ArchitectureError as err:
+        plan = PrunePlan(input_shape=list(input_shape), round_to=round_to)
+        plan.untraced = str(err)
+        return plan
     return decide(graph, list(input_shape), round_to=round_to)

@@ -81,10 +81,11 @@ class PrunePlan:
     folds: dict[str, ConstantFold] = field(default_factory=dict)
     groups: list[GroupReport] = field(default_factory=list)
     round_to: int = 1
+    untraced: str | None = None  # why the network could not be traced (then nothing is removed)
 
     def groups_kept_whole(self) -> list[dict]:
         """Groups that the masks asked to shrink (or could shrink) but stayed whole, and why."""
-        out = []
+        out = [{"id": "(whole network)", "channels": 0, "reason": self.untraced}] if self.untraced else []
         for g in self.groups:
             if g.removed == 0 and g.kept_reasons:
                 reason = max(g.kept_reasons.items(), key=lambda kv: kv[1])[0]
@@ -95,6 +96,7 @@ class PrunePlan:
         return {
             "input_shape": self.input_shape,
             "round_to": self.round_to,
+            "untraced": self.untraced,
             "modules": {k: v.to_json() for k, v in sorted(self.modules.items())},
             "constant_folds": [f.to_json() for f in self.folds.values()],
         }

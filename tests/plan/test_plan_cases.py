@@ -289,3 +289,24 @@ def test_caller_model_is_not_modified():
     _prune(model)
     assert model[0].out_channels == 8 and model[1].inplace
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(4, 8, 1)
+        self.b = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if y.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            y = y * 2
+        return self.b(y)
+
+
+def test_untraceable_network_keeps_everything_and_says_why():
+    model = _Untraceable().eval()
+    _zero_out(model.a, [0, 1])
+    pruned, plan = _prune(model)
+    assert pruned.a.out_channels == 8 and not plan.modules
+    assert plan.groups_kept_whole()[0]["reason"].startswith("the network cannot be traced with torch.fx")

@@ -1,0 +1,215 @@
+"""Wall time of a full ``spa-export`` build against a bare ``torch.onnx.export``.
+
+For one architecture and input shape (default torchvision ResNet-50 at 1,3,224,224):
+
+* **build**: :func:`spa_export.pipeline.build` of a ``synth`` SPA (output-only masks,
+  50% by default) with ``bench="none"`` (load, merge, plan, apply, export + check +
+  simplify, verify, report), with its per-stage times from ``report["stages"]``;
+* **bare (default)**: ``torch.onnx.export(model, (x,), path)`` of the dense network with
+  torch's default arguments (the dynamo exporter in torch >= 2.9);
+* **bare (dynamo=False)**: the same with ``dynamo=False`` (the TorchScript exporter);
+* **dense via export_onnx**: :func:`spa_export.export.export_onnx` of the dense network
+  (TorchScript export, full onnx.checker and onnxsim), to tell export cost from the rest.
+
+All run in this process, interleaved, ``--repeats`` times; ratios use medians. The base
+and SPA are made beforehand in a subprocess (``spa-export synth``) so that this
+process's peak RSS is the build's: the first build runs before anything else, and
+its ``peak_rss_mb`` (the process's ``ru_maxrss``) is the one recorded.
+
+    /work/venv/bin/python benchmarks/build_time.py                # full: ResNet-50, 224
+    /work/venv/bin/python benchmarks/build_time.py --quick        # smoke: 64x64, to /tmp
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from machine import machine_info, machine_markdown
+
+HERE = Path(__file__).resolve().parent
+BARE = ("bare_default", "bare_dynamo_false", "dense_export_onnx")
+LABELS = {
+    "build": "spa_export build (bench none)",
+    "bare_default": "torch.onnx.export, default args",
+    "bare_dynamo_false": "torch.onnx.export, dynamo=False",
+    "dense_export_onnx": "dense via spa_export.export.export_onnx",
+}
+
+
+def _rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def make_inputs(arch: str, shape: str, prune: float, seed: int, work: Path) -> tuple[Path, Path]:
+    """Base checkpoint and SPA, written by ``spa-export synth`` in a separate process."""
+    base, spa = work / "base.safetensors", work / "task.spa"
+    cmd = [sys.executable, "-c", "from spa_export.cli.main import main; main()", "synth",
+           "--arch", arch, "--input-shape", shape, "--prune", str(prune), "--masks", "out-only",
+           "--seed", str(seed), "--save-base", str(base), "-o", str(spa)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return base, spa
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from spa_export.arch import build_model, load_state_dict_file
+    from spa_export.export import export_onnx
+    from spa_export.pipeline import BuildOptions, build, parse_input_shape
+
+    shape = parse_input_shape(args.input_shape)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="spa-bench-build-"))
+    work.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    base, spa = make_inputs(args.arch, args.input_shape, args.prune, args.seed, work)
+    rss_before = _rss_mb()
+
+    dense = None
+    example = torch.zeros(shape)
+    times: dict[str, list[float]] = {k: [] for k in ("build", *BARE)}
+    stages: list[list[dict[str, Any]]] = []
+    sizes: dict[str, int] = {}
+    first_report: dict[str, Any] = {}
+    for rep in range(args.repeats):
+        out = work / f"build-{rep}"
+        opts = BuildOptions(base=base, spa=spa, out=out, input_shape=shape, arch=args.arch,
+                            bench="none", quiet=True, seed=args.seed)
+        seconds, result = _timed(lambda opts=opts: build(opts))
+        times["build"].append(seconds)
+        stages.append(result.report["stages"])
+        if rep == 0:
+            first_report = result.report
+            sizes["model.onnx (pruned)"] = (out / "model.onnx").stat().st_size
+        if dense is None:  # built after the first build, so that its RSS is the build's alone
+            dense = build_model(args.arch)
+            dense.load_state_dict(load_state_dict_file(base))
+            dense.eval()
+        for key in BARE:
+            target = work / f"{key}-{rep}"
+            target.mkdir()
+            path = target / "dense.onnx"
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                if key == "bare_default":
+                    seconds, _ = _timed(lambda p=path: torch.onnx.export(dense, (example,), p))
+                elif key == "bare_dynamo_false":
+                    seconds, _ = _timed(
+                        lambda p=path: torch.onnx.export(dense, (example,), p, dynamo=False))
+                else:
+                    seconds, _ = _timed(lambda p=path: export_onnx(dense, shape, p))
+            times[key].append(seconds)
+            if rep == 0:
+                sizes[f"{key} (all files)"] = _dir_bytes(target)
+        print(f"repeat {rep + 1}/{args.repeats}: "
+              + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), file=sys.stderr)
+
+    median = {k: statistics.median(v) for k, v in times.items()}
+    stage_names = [s["name"] for s in stages[0]]
+    stage_median = {n: statistics.median(next(s["seconds"] for s in rep if s["name"] == n)
+                                         for rep in stages) for n in stage_names}
+    return {
+        "config": {"arch": args.arch, "input_shape": list(shape), "prune": args.prune,
+                   "masks": "out-only", "seed": args.seed, "repeats": args.repeats,
+                   "bench": "none", "work_dir": str(work)},
+        "times_s": times,
+        "median_s": median,
+        "ratio_build_over_bare": {k: median["build"] / median[k] for k in BARE},
+        "stages_s": stages,
+        "stages_median_s": stage_median,
+        "stages_sum_median_s": sum(stage_median.values()),
+        "export_record": first_report.get("export"),
+        "macs": first_report.get("macs"),
+        "params": first_report.get("params"),
+        "peak_rss_mb": {"build_report": first_report.get("peak_rss_mb"),
+                        "before_first_build": rss_before, "end_of_run": _rss_mb()},
+        "bytes": {"base_checkpoint": base.stat().st_size, "spa": spa.stat().st_size, **sizes},
+        "machine": info,
+    }
+
+
+def markdown(res: dict[str, Any]) -> str:
+    cfg, med, times = res["config"], res["median_s"], res["times_s"]
+    shape = ",".join(map(str, cfg["input_shape"]))
+    lines = [
+        "# Build time: spa-export build vs bare torch.onnx.export", "",
+        f"{cfg['arch']} at {shape}, synth SPA {cfg['prune']:.0%} ({cfg['masks']} masks), "
+        f"bench none, {cfg['repeats']} repeat(s) interleaved in one process.", "",
+        "| what | median s | first s | all s | build / this |", "|---|---:|---:|---:|---:|",
+    ]
+    for key, label in LABELS.items():
+        ratio = "1.00" if key == "build" else f"{res['ratio_build_over_bare'][key]:.2f}"
+        all_s = ", ".join(f"{t:.2f}" for t in times[key])
+        lines.append(f"| {label} | {med[key]:.2f} | {times[key][0]:.2f} | {all_s} | {ratio} |")
+    lines += ["", "## Build stages (report[\"stages\"], median over repeats)", "",
+              "| stage | s | % of build |", "|---|---:|---:|"]
+    for name, sec in res["stages_median_s"].items():
+        lines.append(f"| {name} | {sec:.2f} | {100 * sec / med['build']:.0f} |")
+    other = med["build"] - res["stages_sum_median_s"]
+    lines += [f"| (outside stages: validate, staging, publish) | {other:.2f} | "
+              f"{100 * other / med['build']:.0f} |", "",
+              "`export` includes onnx.checker (full) and onnxsim; `verify` runs ONNX Runtime "
+              "against the reference at batch 1 and 4.", ""]
+    rss, size = res["peak_rss_mb"], res["bytes"]
+    lines += ["## Memory and sizes", "",
+              f"- build peak RSS (report `peak_rss_mb`, process ru_maxrss): {rss['build_report']} MB "
+              f"(process before the first build: {rss['before_first_build']} MB; "
+              f"end of run: {rss['end_of_run']} MB)"]
+    lines += [f"- {k}: {v / 1e6:.1f} MB" for k, v in size.items()]
+    macs = res.get("macs") or {}
+    if macs:
+        lines.append(f"- MACs dense / pruned: {macs['dense'] / 1e9:.3f} G / "
+                     f"{macs['pruned'] / 1e9:.3f} G")
+    lines += ["", "## Machine", "", machine_markdown(res["machine"]), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="torchvision:resnet50")
+    parser.add_argument("--input-shape", default="1,3,224,224")
+    parser.add_argument("--prune", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where build_time.md/.json go (default benchmarks/results; "
+                             "/tmp/spa-bench-smoke with --quick)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="scratch directory for base, SPA and ONNX files (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 1,3,64,64, one repeat, results to /tmp")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.input_shape, args.repeats = "1,3,64,64", 1
+    out_dir = args.out_dir or (Path("/tmp/spa-bench-smoke") if args.quick else HERE / "results")
+    res = run(args)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "build_time.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out_dir / "build_time.md").write_text(markdown(res))
+    print(f"wrote {out_dir / 'build_time.md'} and .json", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

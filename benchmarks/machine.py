@@ -1,0 +1,85 @@
+"""What machine a benchmark ran on: shared by the scripts in this directory.
+
+Read straight from /proc and package metadata (nothing is imported to learn a
+version), so that the record does not depend on the code being measured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+LIBRARIES = ("spa-export", "torch", "torchvision", "onnx", "onnxruntime", "onnxsim",
+             "onnxscript", "numpy", "safetensors")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware"):
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _nproc() -> int:
+    exe = shutil.which("nproc")
+    if exe:
+        try:
+            return int(subprocess.run([exe], capture_output=True, text=True, check=True).stdout)
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+    return len(os.sched_getaffinity(0))
+
+
+def _ram_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, core count, RAM, load, OS, Python and library versions, and the date (UTC)."""
+    return {
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": _cpu_model(),
+        "nproc": _nproc(),
+        "ram_gib": _ram_gib(),
+        "load_avg_1_5_15": list(os.getloadavg()),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "versions": {name: _version(name) for name in LIBRARIES},
+    }
+
+
+def machine_markdown(info: dict[str, Any]) -> str:
+    """The machine as a Markdown bullet list."""
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    load = " / ".join(f"{x:.2f}" for x in info["load_avg_1_5_15"])
+    return "\n".join([
+        f"- date (UTC): {info['date_utc']}",
+        f"- CPU: {info['cpu_model']}, nproc {info['nproc']}, RAM {info['ram_gib']} GiB",
+        f"- load average at start (1/5/15 min): {load}",
+        f"- OS: {info['os']}, Python {info['python']}",
+        f"- versions: {versions}",
+    ])
