@@ -40,6 +40,12 @@ class Loaded:
         }
 
 
+#: Modules whose factories an SPA file may name in ``spa.arch`` by itself: building them runs no
+#: code beyond this package and torchvision. Any other ``package.module:callable`` imports and
+#: calls what the file names, so the user must name it too, with ``--arch``.
+TRUSTED_ARCH_MODULES = ("torchvision", "spa_export.examples")
+
+
 def resolve_arch(arch: str | None, spa: SpaFile) -> str:
     if arch and spa.arch and arch.strip() != spa.arch.strip():
         raise ArchitectureError(
@@ -48,6 +54,12 @@ def resolve_arch(arch: str | None, spa: SpaFile) -> str:
     chosen = arch or spa.arch
     if not chosen:
         raise ArchitectureError(f"{spa.path}: no architecture: pass --arch (the SPA has no spa.arch)")
+    if not arch and chosen.strip().split(":", 1)[0] not in TRUSTED_ARCH_MODULES:
+        shown = chosen if len(chosen) <= 120 else chosen[:117] + "..."
+        raise ArchitectureError(
+            f"{spa.path}: spa.arch '{shown}' names Python code to import and run; the file alone cannot "
+            f"choose it: pass --arch '{shown}' if you trust that code"
+        )
     return chosen
 
 

@@ -23,4 +23,5 @@ INPUT_SHAPE = InputShape()
 
 ARCH_HELP = ("Architecture: 'torchvision:NAME' (e.g. torchvision:resnet50) or 'package.module:callable', "
              "a factory returning an nn.Module. The latter IMPORTS AND RUNS that module: name only code "
-             "you trust. Default: the SPA's spa.arch.")
+             "you trust. Default: the SPA's spa.arch, if it is 'torchvision:NAME' or "
+             "'spa_export.examples:NAME' (a file cannot make spa-export run other code).")
