@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import resource
@@ -73,11 +74,22 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def _exporters(dense: Any, shape: tuple[int, ...]) -> dict[str, Callable[[Path], Any]]:
+    """The three ways of exporting the dense network, by key of ``BARE``."""
     import torch
 
-    from spa_export.arch import build_model, load_state_dict_file
     from spa_export.export import export_onnx
+
+    example = torch.zeros(shape)
+    return {
+        "bare_default": lambda p: torch.onnx.export(dense, (example,), p),
+        "bare_dynamo_false": lambda p: torch.onnx.export(dense, (example,), p, dynamo=False),
+        "dense_export_onnx": lambda p: export_onnx(dense, shape, p),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from spa_export.arch import build_model, load_state_dict_file
     from spa_export.pipeline import BuildOptions, build, parse_input_shape
 
     shape = parse_input_shape(args.input_shape)
@@ -88,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rss_before = _rss_mb()
 
     dense = None
-    example = torch.zeros(shape)
+    exporters: dict[str, Callable[[Path], Any]] = {}
     times: dict[str, list[float]] = {k: [] for k in ("build", *BARE)}
     stages: list[list[dict[str, Any]]] = []
     sizes: dict[str, int] = {}
@@ -97,7 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out = work / f"build-{rep}"
         opts = BuildOptions(base=base, spa=spa, out=out, input_shape=shape, arch=args.arch,
                             bench="none", quiet=True, seed=args.seed)
-        seconds, result = _timed(lambda opts=opts: build(opts))
+        seconds, result = _timed(functools.partial(build, opts))
         times["build"].append(seconds)
         stages.append(result.report["stages"])
         if rep == 0:
@@ -107,19 +119,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             dense = build_model(args.arch)
             dense.load_state_dict(load_state_dict_file(base))
             dense.eval()
+            exporters = _exporters(dense, shape)
         for key in BARE:
             target = work / f"{key}-{rep}"
             target.mkdir()
             path = target / "dense.onnx"
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
-                if key == "bare_default":
-                    seconds, _ = _timed(lambda p=path: torch.onnx.export(dense, (example,), p))
-                elif key == "bare_dynamo_false":
-                    seconds, _ = _timed(
-                        lambda p=path: torch.onnx.export(dense, (example,), p, dynamo=False))
-                else:
-                    seconds, _ = _timed(lambda p=path: export_onnx(dense, shape, p))
+                seconds, _ = _timed(functools.partial(exporters[key], path))
             times[key].append(seconds)
             if rep == 0:
                 sizes[f"{key} (all files)"] = _dir_bytes(target)
@@ -168,7 +175,7 @@ def markdown(res: dict[str, Any]) -> str:
     for name, sec in res["stages_median_s"].items():
         lines.append(f"| {name} | {sec:.2f} | {100 * sec / med['build']:.0f} |")
     other = med["build"] - res["stages_sum_median_s"]
-    lines += [f"| (outside stages: validate, staging, publish) | {other:.2f} | "
+    lines += [f"| (outside stages: imports at the top of _run, validate, staging, publish) | {other:.2f} | "
               f"{100 * other / med['build']:.0f} |", "",
               "`export` includes onnx.checker (full) and onnxsim; `verify` runs ONNX Runtime "
               "against the reference at batch 1 and 4.", ""]
@@ -189,20 +196,23 @@ def markdown(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="torchvision:resnet50")
-    parser.add_argument("--input-shape", default="1,3,224,224")
+    parser.add_argument("--input-shape", default=None, help="default 1,3,224,224 (1,3,64,64 quick)")
     parser.add_argument("--prune", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="where build_time.md/.json go (default benchmarks/results; "
                              "/tmp/spa-bench-smoke with --quick)")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="scratch directory for base, SPA and ONNX files (default: a temp dir)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1,3,64,64, one repeat, results to /tmp")
+                        help="smoke run: 1,3,64,64, one repeat, results to /tmp "
+                             "(explicit options win)")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.input_shape, args.repeats = "1,3,64,64", 1
+    if args.input_shape is None:
+        args.input_shape = "1,3,64,64" if args.quick else "1,3,224,224"
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     out_dir = args.out_dir or (Path("/tmp/spa-bench-smoke") if args.quick else HERE / "results")
     res = run(args)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from machine import machine_info, machine_markdown
 
 HERE = Path(__file__).resolve().parent
@@ -205,27 +204,33 @@ def markdown(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="torchvision:resnet50")
-    parser.add_argument("--input-shape", default="1,3,224,224")
+    parser.add_argument("--input-shape", default=None, help="default 1,3,224,224 (1,3,64,64 quick)")
     parser.add_argument("--prunes", type=_floats, default=[0.3, 0.5, 0.7])
     parser.add_argument("--round-to", type=_ints, default=[1, 8])
     parser.add_argument("--batches", type=_ints, default=[1, 8])
-    parser.add_argument("--budget", type=float, default=3.0,
-                        help="seconds of timed runs per model and batch (BuildOptions.budget_s)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of timed runs per model and batch (BuildOptions.budget_s); "
+                             "default 3 (0.3 with --quick)")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default: the pipeline's, physical cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--indep-warmup", type=int, default=5)
-    parser.add_argument("--indep-runs", type=int, default=50)
+    parser.add_argument("--indep-runs", type=int, default=None, help="default 50 (20 quick)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="where pruning_speedup.md/.json go (default benchmarks/results; "
                              "/tmp/spa-bench-smoke with --quick)")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="scratch directory for base, SPAs and builds (default: a temp dir)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1,3,64,64, budget 0.3 s, 20 independent runs, to /tmp")
+                        help="smoke run: 1,3,64,64, budget 0.3 s, 20 independent runs, to /tmp "
+                             "(explicit options win; add --prunes 0.5 for a shorter one)")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.input_shape, args.budget, args.indep_runs = "1,3,64,64", 0.3, 20
+    if args.input_shape is None:
+        args.input_shape = "1,3,64,64" if args.quick else "1,3,224,224"
+    if args.budget is None:
+        args.budget = 0.3 if args.quick else 3.0
+    if args.indep_runs is None:
+        args.indep_runs = 20 if args.quick else 50
     out_dir = args.out_dir or (Path("/tmp/spa-bench-smoke") if args.quick else HERE / "results")
     res = run(args)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ import importlib
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,8 +29,39 @@ from spa_export.errors import ArchitectureError, CheckpointError
 _SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_]\w*)$")
 
 
-def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
-    """Instantiate the architecture ``spec`` in eval mode (random weights)."""
+@contextmanager
+def _skip_weight_init() -> Iterator[None]:
+    """Make ``torch.nn.init``'s functions no-ops while a network is built whose weights are loaded next.
+
+    Initialising ResNet-50 costs a second and VGG several; every parameter and
+    persistent buffer is overwritten by the strict load that follows, and
+    non-persistent buffers are computed by the module's own code, not by
+    ``torch.nn.init``.
+    """
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, _keep)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
+
+
+def _keep(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    return tensor
+
+
+def build_model(spec: str, num_classes: int | None = None, *, init: bool = True) -> nn.Module:
+    """Instantiate the architecture ``spec`` in eval mode.
+
+    ``init=False`` skips random initialisation (uninitialised weights): only for
+    a network whose whole state dict is loaded right after, strictly.
+    """
+    if not init:
+        with _skip_weight_init():
+            return build_model(spec, num_classes)
     if not isinstance(spec, str) or not _SPEC.match(spec.strip()):
         raise ArchitectureError(
             f"architecture '{spec}' is not of the form 'torchvision:NAME' or 'package.module:callable'"

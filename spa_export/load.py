@@ -72,7 +72,7 @@ def load_inputs(base: str | os.PathLike, spa: str | os.PathLike, arch: str | Non
     digest = state_dict_digest(state)
     if spa_file.base_digest and spa_file.base_digest != digest and not ignore_base_digest:
         raise BaseMismatchError(spa_file.base_digest, digest, spa_path=spa_path)
-    model = build_model(arch_spec)
+    model = build_model(arch_spec, init=False)  # every weight is loaded strictly below
     load_into(model, state, source=base_path)           # the base alone must fit the architecture
     check_compatible(spa_file, model, state)
     if spa_file.overrides:

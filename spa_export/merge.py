@@ -85,9 +85,9 @@ def merged_weights(mod: nn.Module, layer: LayerSpa) -> tuple[torch.Tensor, torch
     if layer.in_mask is not None:
         groups = getattr(mod, "groups", 1)
         per_in, per_out = in_ // groups, out // groups
-        for i in torch.nonzero(~layer.in_mask).flatten().tolist():
-            g, j = divmod(i, per_in)
-            w[g * per_out:(g + 1) * per_out, j] = 0
+        # Output o reads input channel g(o) * per_in + j at position j of its group g(o).
+        reads = (torch.arange(out) // per_out)[:, None] * per_in + torch.arange(per_in)[None, :]
+        w[~layer.in_mask[reads]] = 0
     if layer.block_mask is not None:
         p, q = out // layer.block_mask.shape[0], in_ // layer.block_mask.shape[1]
         w *= torch.kron(layer.block_mask.to(torch.float32), torch.ones(p, q))

@@ -101,19 +101,19 @@ def build(opts: BuildOptions) -> BuildResult:
 
 
 def _run(opts: BuildOptions, progress: StageProgress, staging: Path) -> dict:
-    import torch
-
-    from spa_export.apply import apply_plan
-    from spa_export.export import export_onnx
-    from spa_export.load import load_inputs
-    from spa_export.merge import merge
-    from spa_export.metrics import count_macs, count_params
-    from spa_export.plan import make_plan
-    from spa_export.reference import build_reference
-    from spa_export.verify import load_inputs_npy, verify
-
     shape = tuple(opts.input_shape)
-    with progress.stage("load"):
+    with progress.stage("load"):  # the heavy imports count as loading: stage times add up
+        import torch
+
+        from spa_export.apply import apply_plan
+        from spa_export.export import export_onnx
+        from spa_export.load import load_inputs
+        from spa_export.merge import merge
+        from spa_export.metrics import count_macs, count_params
+        from spa_export.plan import make_plan
+        from spa_export.reference import build_reference
+        from spa_export.verify import load_inputs_npy, verify
+
         loaded = load_inputs(opts.base, opts.spa, opts.arch, ignore_base_digest=opts.ignore_base_digest)
         user_inputs = load_inputs_npy([Path(p) for p in opts.inputs], shape)
     with progress.stage("merge"):

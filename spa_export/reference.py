@@ -20,7 +20,7 @@ def build_reference(arch: str, base_state: dict[str, torch.Tensor], spa: SpaFile
     """The masked network of ``spa`` on ``base_state`` (float32, eval mode)."""
     state = dict(base_state)
     state.update(spa.overrides)                                   # step 1
-    model = build_model(arch)
+    model = build_model(arch, init=False)  # loaded strictly below
     resize_for_overrides(model, spa.overrides)
     load_into(model, state)
     model = model.float().eval()

@@ -18,6 +18,8 @@ import click
 from spa_export import __version__
 from spa_export.errors import SpaExportError
 
+INTERRUPTED = "interrupted: nothing was written"
+
 
 class _Group(click.Group):
     """A click group that turns our typed errors into clean exits."""
@@ -31,7 +33,7 @@ class _Group(click.Group):
             click.echo(f"error: {_one_line(err)}", err=True)
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted: nothing was written", err=True)
+            click.echo(INTERRUPTED, err=True)
             ctx.exit(130)
         except MemoryError:
             click.echo("error: out of memory", err=True)
@@ -67,18 +69,25 @@ def _register() -> None:
 
 
 def main() -> None:
-    _register()
     try:
+        _register()
         cli(prog_name="spa-export")
+    except KeyboardInterrupt:  # Ctrl-C before the group's own handler is in place
+        click.echo(INTERRUPTED, err=True)
+        _exit_interrupted()
     except SystemExit as done:
         if done.code == 130:
-            # Interrupted. A KeyboardInterrupt that crossed C code running Python through
-            # PyRun_* (torch's import does) makes CPython kill itself with SIGINT at exit,
-            # whatever the exit code: end here so that the code is 130 as documented.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
+            _exit_interrupted()
         raise
+
+
+def _exit_interrupted() -> None:
+    # A KeyboardInterrupt that crossed C code running Python through PyRun_* (as
+    # extension modules' initialisation may) makes CPython kill itself with SIGINT at
+    # exit, whatever the exit code: end here so that the code is 130 as documented.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 if __name__ == "__main__":  # pragma: no cover

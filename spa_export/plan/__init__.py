@@ -5,7 +5,6 @@ from __future__ import annotations
 from torch import nn
 
 from spa_export.errors import ArchitectureError
-
 from spa_export.plan.decide import decide
 from spa_export.plan.model import ConstantFold, GroupReport, ModulePlan, PrunePlan
 from spa_export.plan.trace import ChannelGraph, trace_channels
