@@ -80,6 +80,13 @@ def _validate(opts: BuildOptions) -> None:
         if not Path(p).is_file():
             raise InputError(f"{p}: no such file")
     check_out_dir(Path(opts.out))
+    if opts.bench == "gpu":  # asked for the GPU alone: say at once why it cannot run here
+        from spa_export.runtime.onnxrt import cuda_provider_available
+        from spa_export.runtime.tensorrt import gpu_unavailable_reason
+
+        reason = gpu_unavailable_reason()
+        if reason and not cuda_provider_available():
+            raise InputError(f"--bench gpu: {reason}")
 
 
 def build(opts: BuildOptions) -> BuildResult:

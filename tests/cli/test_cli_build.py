@@ -86,3 +86,39 @@ def test_round_to_keeps_multiples(example, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["verification"]["passed"] and report["plan"]["round_to"] == 16
     assert all(g["kept"] % 16 == 0 or g["kept"] == g["channels"] for g in report["groups"])
+
+
+def test_gpu_alone_without_a_gpu_is_refused_up_front(example, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from spa_export.runtime.tensorrt import gpu_unavailable_reason
+
+    if gpu_unavailable_reason() is None:
+        pytest.skip("this machine has a GPU with TensorRT")
+    out = tmp_path / "gpu"
+    r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
+             str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
+             "--bench", "gpu", "-q")
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: --bench gpu: ") and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_bench_all_without_a_gpu_times_the_cpu_and_says_why_not_the_gpu(example, tmp_path):
+    from spa_export.runtime.tensorrt import gpu_unavailable_reason
+
+    if gpu_unavailable_reason() is None:
+        pytest.skip("this machine has a GPU with TensorRT")
+    out = tmp_path / "all"
+    r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
+             str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
+             "--bench", "all", "--budget", "0.05", "--batch", "1", "--batch", "2", "-q")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["gpu"]["status"] == "skipped" and report["gpu"]["reason"]
+    cpu = [e for e in report["latency"] if e["device"] == "cpu"]
+    assert sorted((e["model"], e["batch"]) for e in cpu) == [("dense", 1), ("dense", 2), ("pruned", 1),
+                                                             ("pruned", 2)]
+    assert all(e["p50_ms"] <= e["p90_ms"] <= e["p99_ms"] and e["iterations"] >= 10 for e in cpu)
+    assert {s["batch"] for s in report["speedup"]} == {1, 2}
+    assert (out / "dense.onnx").is_file() and (out / "latency.png").is_file()
+    assert "latency.png" in (out / "report.md").read_text()
