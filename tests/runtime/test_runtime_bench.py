@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from tiny_onnx import make_conv
 
 from spa_export.errors import InputError
 from spa_export.runtime.bench import benchmark, random_feed, speedups
@@ -19,25 +18,6 @@ FAST = TimingConfig(budget_s=0.05, warmup_runs=1, min_iterations=5, block_runs=5
 ENTRY_KEYS = {"device", "runtime", "provider", "model", "batch", "threads", "opt_level",
               "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "iterations",
               "throughput_per_s"}
-
-
-def make_conv(path: Path, channels: int, *, batch: str | int = "N", cin: int = 3,
-              hw: int = 8) -> Path:
-    """Conv(cin->channels) + Relu + 1x1 Conv(channels->2)."""
-    rng = np.random.default_rng(channels)
-    w1 = numpy_helper.from_array(rng.standard_normal((channels, cin, 3, 3)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.standard_normal((2, channels, 1, 1)).astype(np.float32), "w2")
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Conv", ["r", "w2"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cin, hw, hw])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2, hw, hw])], [w1, w2])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture()

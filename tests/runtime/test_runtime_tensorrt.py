@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from tiny_onnx import make_conv
 
 from spa_export.errors import InputError
 from spa_export.runtime.engine import (
@@ -27,24 +26,6 @@ from spa_export.runtime.tensorrt import (
     metadata_path,
     read_engine_metadata,
 )
-
-
-def make_conv(path: Path, channels: int, *, batch: str | int = "N") -> Path:
-    rng = np.random.default_rng(channels)
-    w1 = numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.standard_normal((2, channels, 1, 1)).astype(np.float32), "w2")
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Conv", ["r", "w2"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2, 8, 8])], [w1, w2])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
 
 META = {"tensorrt_version": "10.3.0", "precision": "fp16",
         "gpu": {"name": "Orin", "compute_capability": "8.7"}}
