@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -116,7 +117,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             sd = load_file(str(p))
         else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's loader warns on stderr about old or odd contents
+                warnings.simplefilter("ignore")
+                sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:
         kind = "PyTorch checkpoint" if (is_zip or is_pickle) else "safetensors file"
         raise CheckpointError(f"{p}: cannot read as a {kind}: {str(err).splitlines()[0][:300]}") from err
@@ -126,6 +129,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
     ):
         raise CheckpointError(f"{p}: expected a state dict (a mapping of names to tensors)")
+    for k, v in sd.items():  # a pickle may hold sparse, quantized or data-less (meta) tensors
+        if v.layout != torch.strided or v.is_quantized or v.is_meta:
+            kind = "a quantized" if v.is_quantized else "a meta" if v.is_meta else f"a {v.layout}"
+            raise CheckpointError(f"{p}: '{k}' is {kind} tensor; expected dense tensors with data")
     return {k: v.detach().to("cpu") for k, v in sd.items()}
 
 

@@ -81,5 +81,17 @@ def load_inputs(base: str | os.PathLike, spa: str | os.PathLike, arch: str | Non
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise InputError(f"{base_path}: non-finite values in '{bad[0]}'")
+    _check_variances(model, base_path, spa_file)
     return Loaded(arch_spec, base_path, spa_path, state, digest, spa_file, file_sha256(spa_path),
                   model.float().eval())
+
+
+def _check_variances(model: nn.Module, base_path: Path, spa: SpaFile) -> None:
+    """A negative batch-norm variance is finite but makes every output NaN: refuse it, naming the key."""
+    for name, mod in model.named_modules():
+        var = getattr(mod, "running_var", None)
+        if isinstance(mod, nn.modules.batchnorm._NormBase) and var is not None and bool((var < 0).any()):
+            key = f"{name}.running_var" if name else "running_var"
+            source = spa.path if key in spa.overrides else base_path
+            raise InputError(f"{source}: '{key}' has negative entries (min {float(var.min()):.4g}); "
+                             "a variance cannot be negative")

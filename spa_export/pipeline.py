@@ -123,17 +123,24 @@ def _run(opts: BuildOptions, progress: StageProgress, staging: Path) -> dict:
 
         loaded = load_inputs(opts.base, opts.spa, opts.arch, ignore_base_digest=opts.ignore_base_digest)
         user_inputs = load_inputs_npy([Path(p) for p in opts.inputs], shape)
+    # Each network is dropped as soon as no later stage needs it, to keep the peak memory low.
     with progress.stage("merge"):
         merged, merge_report = merge(loaded.model, loaded.spa)
+        loaded.model = None
         _check_runs(merged, shape, loaded.arch)
+        dense_counts = (count_params(merged), count_macs(merged, shape))
     with progress.stage("plan"):
         plan = make_plan(merged, shape, round_to=opts.round_to, seed=opts.seed)
     with progress.stage("apply"):
         pruned = apply_plan(merged, plan)
+        pruned_counts = (count_params(pruned), count_macs(pruned, shape))
+        constants = sum(b.numel() for n, b in pruned.named_buffers() if n.endswith(".constant"))
     with progress.stage("export"):
         export = export_onnx(pruned, shape, staging / "model.onnx", opset=opts.opset, exporter=opts.exporter)
+        del pruned
         if opts.bench != "none":
             export_onnx(merged, shape, staging / "dense.onnx", opset=opts.opset, exporter=opts.exporter)
+        del merged
     with progress.stage("verify"):
         reference = build_reference(loaded.arch, loaded.base_state, loaded.spa)
         kw = dict(batches=opts.verify_batches, seed=opts.seed, inputs=user_inputs, rtol=opts.rtol,
@@ -153,9 +160,9 @@ def _run(opts: BuildOptions, progress: StageProgress, staging: Path) -> dict:
         "task": loaded.spa.task,
         "inputs": {**loaded.to_json(), "input_shape": list(shape), "opset": opts.opset,
                    "user_inputs": [str(p) for p in opts.inputs]},
-        "params": {"dense": count_params(merged), "pruned": count_params(pruned)},
-        "constant_elements": sum(b.numel() for n, b in pruned.named_buffers() if n.endswith(".constant")),
-        "macs": {"dense": count_macs(merged, shape), "pruned": count_macs(pruned, shape)},
+        "params": {"dense": dense_counts[0], "pruned": pruned_counts[0]},
+        "constant_elements": constants,
+        "macs": {"dense": dense_counts[1], "pruned": pruned_counts[1]},
         "learned_params": loaded.spa.learned_parameter_count(),
         "merge": merge_report.to_json(),
         "groups": [g.to_json() for g in plan.groups],

@@ -2,38 +2,64 @@
 
 from __future__ import annotations
 
+import _thread
 import contextlib
-import importlib
 import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import click
 
 from spa_export.cli.options import ARCH_HELP, INPUT_SHAPE
 
-#: Libraries a build imports at some stage, C extensions all of them.
-_HEAVY_MODULES = ("numpy", "torch", "onnx", "onnxruntime")
+_IMPORT_MACHINERY = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
 
 
-def _import_heavy_modules() -> None:
-    """Import what a build needs with Ctrl-C held back until the imports are done.
+def _importing(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename in _IMPORT_MACHINERY:
+            return True
+        frame = frame.f_back
+    return False
 
-    A KeyboardInterrupt that lands inside a C extension's initialisation can
-    come out as an ImportError, which optional-import guards in those
-    libraries swallow: numpy or torch stay half-initialised, the build goes on
-    and fails later with a traceback (or even succeeds and publishes).
-    Blocking SIGINT over the imports (a few seconds at most) delivers it right
-    after them, at a point where it stops the build cleanly (exit 130).
+
+@contextlib.contextmanager
+def _interrupts_wait_for_imports() -> Iterator[None]:
+    """Ctrl-C stops the build at once, except in the middle of an import: then right after it.
+
+    A KeyboardInterrupt raised inside a C extension's initialisation (numpy's,
+    torch's, onnx's) can come out as an ImportError that optional-import
+    guards in those libraries swallow: the library stays half-initialised and
+    the build goes on, to fail later with a traceback, or even to succeed and
+    publish. So while the main thread is importing, the interrupt waits
+    (checked again every 50 ms) and is raised once the import is done.
     """
-    can_block = hasattr(signal, "pthread_sigmask")
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if can_block else None
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield  # not ours to change: a thread, an ignored SIGINT (background job), a caller's handler
+        return
+    active = True
+
+    def again() -> None:
+        if active:
+            _thread.interrupt_main()  # runs the handler below again in the main thread
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if active and _importing(frame):
+            timer = threading.Timer(0.05, again)
+            timer.daemon = True
+            timer.start()
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
     try:
-        for name in _HEAVY_MODULES:
-            with contextlib.suppress(ImportError):  # a missing one is reported where it is used
-                importlib.import_module(name)
+        yield
     finally:
-        if previous is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        active = False
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _load_recipe(path: Path) -> dict:
@@ -117,8 +143,8 @@ def build(recipe: Path | None, **given: object) -> None:
         bench_batches=tuple(values.get("batches") or (1, 8)), threads=values.get("threads"),
         budget_s=values.get("budget") or 2.0, quiet=bool(values.get("quiet")),
     )
-    _import_heavy_modules()
-    result = run_build(opts)
+    with _interrupts_wait_for_imports():
+        result = run_build(opts)
     r = result.report
     ver = r["verification"]
     click.echo(

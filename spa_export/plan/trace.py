@@ -212,7 +212,7 @@ class _Interpreter(fx.Interpreter):
         read = np.zeros(cin, dtype=bool)
         for j in range(g):
             read[j * per_in:(j + 1) * per_in] = nz[j * per_out:(j + 1) * per_out].any(0)
-        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~read, g, value[:1]))
+        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~read, g, value[:1].clone()))
         ids = self.g.new_ids(cout, n.target)
         dep_in = x.dep.reshape(g, per_in)[np.arange(cout) // per_out]
         dep = (nz & dep_in).any(1)
@@ -221,7 +221,7 @@ class _Interpreter(fx.Interpreter):
 
     def linear(self, n: fx.Node, mod: nn.Linear, x: Slot, value: torch.Tensor) -> Slot:
         nz = (mod.weight.detach() != 0).numpy()
-        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~nz.any(0), 1, value[:1]))
+        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~nz.any(0), 1, value[:1].clone()))
         ids = self.g.new_ids(mod.out_features, n.target)
         dep = (nz & x.dep[None, :]).any(1)
         self.g.producers.append(Producer(n.target, ids, 1, module=n.target, dep=dep))

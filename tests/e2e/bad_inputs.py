@@ -46,11 +46,12 @@ def cli_command() -> list[str]:
     return [sys.executable, "-m", "spa_export.cli.main"]
 
 
-def cli_env(*, pythonpath: bool = False) -> dict[str, str]:
+def cli_env(*, pythonpath: bool = False, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     if pythonpath:
         env["PYTHONPATH"] = str(HERE)
+    env.update(extra or {})
     return env
 
 
@@ -94,6 +95,7 @@ class Case:
     guards: list[Path] = field(default_factory=list)   # must be byte-identical afterwards
     marker: Path | None = None             # must not exist afterwards (code did not run)
     absent: list[Path] = field(default_factory=list)   # must not exist afterwards
+    env: dict[str, str] = field(default_factory=dict)   # extra environment of the subprocess
 
 
 class RunsCode:
@@ -325,7 +327,7 @@ def adapter_even_kernel(c: Corpus) -> Case:
     meta = {"spa.format": "spa", "spa.version": "1", "spa.arch": "factories_bad:even_kernel_net"}
     spa = c.write_bytes("evenkernel.spa", st_save({"0.adapter.cols": torch.zeros(8, 2),
                                                    "0.adapter.rows": torch.zeros(2, 3)}, metadata=meta))
-    return Case("", c.args(base=base, spa=spa, shape="1,3,16,16"),
+    return Case("", c.args(base=base, spa=spa, shape="1,3,16,16", extra=("--arch", "factories_bad:even_kernel_net")),
                 [str(spa), "tensor '0.adapter.cols'", "kernel size (2, 2)", "odd kernel sizes"],
                 subprocess=True, pythonpath=True)
 
@@ -447,6 +449,35 @@ def base_nonfinite(c: Corpus) -> Case:
 
 
 @case
+def base_negative_variance(c: Corpus) -> Case:
+    # finite, but every output would be NaN
+    p = c.base_with("negvar.safetensors", layer1__0__bn1__running_var=torch.full((16,), -1.0))
+    return Case("", c.args(base=p, extra=("--ignore-base-digest",)),
+                [str(p), "'layer1.0.bn1.running_var'", "negative", "cannot be negative"])
+
+
+@case
+def override_negative_variance(c: Corpus) -> Case:
+    p = c.spa_with("ovnegvar.spa", override__layer2__1__bn2__running_var=torch.full((32,), -0.5))
+    return Case("", c.args(spa=p), [str(p), "'layer2.1.bn2.running_var'", "negative"])
+
+
+@case
+def base_sparse_tensor(c: Corpus) -> Case:
+    p = c.path("sparse.pt")
+    torch.save({**c.state, "fc.weight": c.state["fc.weight"].to_sparse()}, str(p))
+    return Case("", c.args(base=p, extra=("--ignore-base-digest",)),
+                [str(p), "'fc.weight'", "sparse", "expected dense tensors"])
+
+
+@case
+def base_meta_tensor(c: Corpus) -> Case:
+    p = c.path("meta.pt")
+    torch.save({**c.state, "fc.bias": torch.empty(10, device="meta")}, str(p))
+    return Case("", c.args(base=p, extra=("--ignore-base-digest",)), [str(p), "'fc.bias'", "meta tensor"])
+
+
+@case
 def base_pickle_runs_code(c: Corpus) -> Case:
     marker = c.path("MARKER-pt")
     p = c.path("evil.pt")
@@ -469,6 +500,23 @@ def base_not_a_state_dict(c: Corpus) -> Case:
     p = c.path("list.pt")
     torch.save([torch.zeros(2)], str(p))
     return Case("", c.args(base=p), [str(p), "expected a state dict"])
+
+
+@case
+def spa_arch_names_code(c: Corpus) -> Case:
+    # the file names an importable factory with a side effect; only --arch may choose such code
+    marker = c.path("MARKER-arch")
+    p = c.spa_with("codearch.spa", meta={"spa.arch": "factories_bad:writes_marker", "spa.base_digest": None})
+    return Case("", c.args(spa=p), [str(p), "spa.arch 'factories_bad:writes_marker'", "import and run",
+                                    "pass --arch"], subprocess=True, pythonpath=True, marker=marker,
+                env={"SPA_EXPORT_TEST_MARKER": str(marker)})
+
+
+@case
+def spa_arch_aborts(c: Corpus) -> Case:
+    # 'os:abort' would kill the process outright (and leave the staging directory behind)
+    p = c.spa_with("abort.spa", meta={"spa.arch": "os:abort"})
+    return Case("", c.args(spa=p), [str(p), "spa.arch 'os:abort'", "pass --arch"], subprocess=True)
 
 
 @case

@@ -19,3 +19,16 @@ def even_kernel_net() -> nn.Module:
         nn.Flatten(),
         nn.Linear(8, 4),
     )
+
+
+def writes_marker() -> nn.Module:
+    """A factory with a side effect: it writes the file named by ``$SPA_EXPORT_TEST_MARKER``.
+
+    An SPA whose ``spa.arch`` names it must be refused unless the user passes
+    ``--arch factories_bad:writes_marker``: a file alone must not choose code to run.
+    """
+    import os
+
+    with open(os.environ["SPA_EXPORT_TEST_MARKER"], "w") as fh:
+        fh.write("factory ran")
+    return even_kernel_net()

@@ -18,6 +18,7 @@ a module fixture; the tests then check one run each.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,7 @@ import pytest
 from bad_inputs import EXAMPLE_BASE, EXAMPLE_SPA, cli_command, cli_env, invoke, tree
 
 INTERRUPTED = "interrupted: nothing was written"
+PROGRESS = re.compile(r"^(\[\d+/\d+\] \w+ \.\.\.|      .*)$")   # stage lines of StageProgress
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,7 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("sigint-0.5s", signal.SIGINT, 0.5, False),
-    Scenario("sigint-2s", signal.SIGINT, 2.0, True),
-    Scenario("sigint-plan", signal.SIGINT, "[3/7] plan", False),
+    Scenario("sigint-4s", signal.SIGINT, 4.0, True),
     Scenario("sigint-export", signal.SIGINT, "[5/7] export", True),
     Scenario("sigint-verify", signal.SIGINT, "[6/7] verify", False),
     Scenario("sigkill-1s", signal.SIGKILL, 1.0, True),
@@ -75,8 +76,9 @@ def _run(s: Scenario, work: Path, complete: Path) -> Run:
     if s.over_complete:
         shutil.copytree(complete, out)
     before = tree(out)
+    # one intra-op thread each: three builds share the machine, more threads would only spin
     proc = subprocess.Popen(_build_args(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env())
+                            env=cli_env(extra={"OMP_NUM_THREADS": "1"}))
     lines: list[str] = []
     at_stage = threading.Event()
 
@@ -118,9 +120,14 @@ def runs(complete_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         signal.signal(signal.SIGINT, signal.default_int_handler)
     root = tmp_path_factory.mktemp("interrupt")
     try:
+        # the earliest signal lands during start-up: give that run the machine to itself
+        early = [s for s in SCENARIOS if isinstance(s.when, float) and s.when < 1.0]
+        done = {s.id: _run(s, root / s.id, complete_build) for s in early}
         with ThreadPoolExecutor(max_workers=3) as pool:
-            futures = {s.id: pool.submit(_run, s, root / s.id, complete_build) for s in SCENARIOS}
-            return {k: f.result() for k, f in futures.items()}
+            futures = {s.id: pool.submit(_run, s, root / s.id, complete_build)
+                       for s in SCENARIOS if s not in early}
+            done.update((k, f.result()) for k, f in futures.items())
+        return done
     finally:
         if previous == signal.SIG_IGN:
             signal.signal(signal.SIGINT, previous)
@@ -137,7 +144,8 @@ def test_interrupted_build_leaves_out_as_it_was(scenario: Scenario, runs: dict[s
         assert r.code == 130, f"exit {r.code} (signal after: {r.seen!r}):\n{r.stderr}"
         lines = r.stderr.splitlines()
         assert lines[-1] == INTERRUPTED, r.stderr
-        assert sum(line.startswith("interrupted") for line in lines) == 1, r.stderr
+        others = [line for line in lines[:-1] if not PROGRESS.match(line)]
+        assert not others, f"unexpected stderr lines {others}"
         assert beside == [], f"left behind: {beside}"
     else:
         assert r.code == -signal.SIGKILL
