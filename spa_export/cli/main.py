@@ -38,6 +38,15 @@ class _Group(click.Group):
         except MemoryError:
             click.echo("error: out of memory", err=True)
             ctx.exit(2)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as err:  # a bug of ours: one line, the traceback with --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"error: internal error ({type(err).__name__}: {_one_line(err)[:300]}); "
+                       "nothing was written. Run with --debug for the traceback and please report it",
+                       err=True)
+            ctx.exit(2)
         return None
 
 

@@ -122,3 +122,22 @@ def test_bench_all_without_a_gpu_times_the_cpu_and_says_why_not_the_gpu(example,
     assert {s["batch"] for s in report["speedup"]} == {1, 2}
     assert (out / "dense.onnx").is_file() and (out / "latency.png").is_file()
     assert "latency.png" in (out / "report.md").read_text()
+
+
+def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, example, tmp_path):
+    from click.testing import CliRunner
+
+    import spa_export.pipeline
+    from spa_export.cli.main import _register, cli
+
+    def broken(opts):
+        raise RuntimeError("something we did not foresee")
+
+    monkeypatch.setattr(spa_export.pipeline, "build", broken)
+    _register()
+    result = CliRunner().invoke(cli, ["build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
+                                      str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32",
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "internal error (RuntimeError: something we did not foresee)" in result.output
+    assert "Traceback" not in result.output
