@@ -204,9 +204,6 @@ def test_out_in_unwritable_directory(corpus: Corpus, tmp_path: Path) -> None:
         locked.chmod(0o700)
 
 
-@pytest.mark.xfail(strict=True, reason="lead-owned verify.py/pipeline.py: a masked network whose outputs are "
-                                       "not finite is reported as a failed verification (exit 1, numpy warning, "
-                                       "'no cases'), not refused as bad input")
 def test_base_whose_outputs_overflow_is_bad_input(corpus: Corpus, tmp_path: Path) -> None:
     """Finite weights that overflow to inf in the forward pass: the base is bad input (exit 2)."""
     base = corpus.base_with("overflow.safetensors", fc__weight=torch.full((10, 32), 3e38))
@@ -215,4 +212,5 @@ def test_base_whose_outputs_overflow_is_bad_input(corpus: Corpus, tmp_path: Path
     assert not out.exists()
     assert result.exit_code == 2, result.stderr
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: ")
+    assert "not finite" in result.stderr
 
