@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -83,7 +84,7 @@ def _load_recipe(path: Path) -> dict:
     for key, value in data.items():
         key = str(key).replace("-", "_")
         if key in ("base", "spa", "out") and value is not None:
-            value = str(base_dir / str(value))
+            value = os.path.normpath(base_dir / str(value))
         out[key] = value
     return out
 
