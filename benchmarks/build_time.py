@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import functools
 import io
-import json
 import resource
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from machine import machine_info, machine_markdown
+from machine import add_common_options, machine_info, machine_markdown, write_results
 
 HERE = Path(__file__).resolve().parent
 BARE = ("bare_default", "bare_dynamo_false", "dense_export_onnx")
@@ -200,11 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prune", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
-    parser.add_argument("--out-dir", type=Path, default=None,
-                        help="where build_time.md/.json go (default benchmarks/results; "
-                             "/tmp/spa-bench-smoke with --quick)")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="scratch directory for base, SPA and ONNX files (default: a temp dir)")
+    add_common_options(parser)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1,3,64,64, one repeat, results to /tmp "
                              "(explicit options win)")
@@ -213,12 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         args.input_shape = "1,3,64,64" if args.quick else "1,3,224,224"
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
-    out_dir = args.out_dir or (Path("/tmp/spa-bench-smoke") if args.quick else HERE / "results")
     res = run(args)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "build_time.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out_dir / "build_time.md").write_text(markdown(res))
-    print(f"wrote {out_dir / 'build_time.md'} and .json", file=sys.stderr)
+    write_results("build_time", res, markdown(res), args.out_dir, args.quick, HERE / "results")
 
 
 if __name__ == "__main__":

@@ -83,3 +83,27 @@ def machine_markdown(info: dict[str, Any]) -> str:
         f"- OS: {info['os']}, Python {info['python']}",
         f"- versions: {versions}",
     ])
+
+
+SMOKE_DIR = Path("/tmp/spa-bench-smoke")
+
+
+def add_common_options(parser: Any) -> None:
+    """Options every benchmark script takes: where results and scratch files go, and --quick."""
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where NAME.md/.json go (default benchmarks/results; /tmp/spa-bench-smoke "
+                             "with --quick)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="scratch directory for base, SPAs and builds (default: a temp dir)")
+
+
+def write_results(name: str, res: dict[str, Any], markdown_text: str, out_dir: Path | None, quick: bool,
+                  default_dir: Path) -> None:
+    """Write NAME.json and NAME.md (smoke runs never overwrite real results)."""
+    import json
+
+    target = out_dir or (SMOKE_DIR if quick else default_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (target / f"{name}.md").write_text(markdown_text)
+    print(f"wrote {target / (name + '.md')} and .json", file=sys.stderr)

@@ -19,7 +19,6 @@ compared with the report's; the target is agreement within 25%.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import machine_info, machine_markdown
+from machine import add_common_options, machine_info, machine_markdown, write_results
 
 HERE = Path(__file__).resolve().parent
 AGREEMENT = 0.25
@@ -216,11 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--indep-warmup", type=int, default=5)
     parser.add_argument("--indep-runs", type=int, default=None, help="default 50 (20 quick)")
-    parser.add_argument("--out-dir", type=Path, default=None,
-                        help="where pruning_speedup.md/.json go (default benchmarks/results; "
-                             "/tmp/spa-bench-smoke with --quick)")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="scratch directory for base, SPAs and builds (default: a temp dir)")
+    add_common_options(parser)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1,3,64,64, budget 0.3 s, 20 independent runs, to /tmp "
                              "(explicit options win; add --prunes 0.5 for a shorter one)")
@@ -231,12 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         args.budget = 0.3 if args.quick else 3.0
     if args.indep_runs is None:
         args.indep_runs = 20 if args.quick else 50
-    out_dir = args.out_dir or (Path("/tmp/spa-bench-smoke") if args.quick else HERE / "results")
     res = run(args)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "pruning_speedup.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out_dir / "pruning_speedup.md").write_text(markdown(res))
-    print(f"wrote {out_dir / 'pruning_speedup.md'} and .json", file=sys.stderr)
+    write_results("pruning_speedup", res, markdown(res), args.out_dir, args.quick, HERE / "results")
 
 
 if __name__ == "__main__":
