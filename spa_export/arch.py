@@ -136,7 +136,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu") for k, v in sd.items()}
 
 
-def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: object = None) -> None:
+def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: object = None,
+              assign: bool = False) -> None:
     """Load ``state_dict`` into ``model`` strictly, naming missing and extra keys.
 
     The module version metadata that ``nn.Module.state_dict`` attaches (and
@@ -161,7 +162,9 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
             )
     ordered: OrderedDict[str, torch.Tensor] = OrderedDict(state_dict)
     ordered._metadata = getattr(expected, "_metadata", OrderedDict())  # type: ignore[attr-defined]
-    model.load_state_dict(ordered, strict=True)
+    # assign=True: the model's tensors become the state dict's (no copy); only for callers that
+    # never change the model in place.
+    model.load_state_dict(ordered, strict=True, assign=assign)
 
 
 def _few(keys: list[str], n: int = 5) -> str:

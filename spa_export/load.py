@@ -73,11 +73,11 @@ def load_inputs(base: str | os.PathLike, spa: str | os.PathLike, arch: str | Non
     if spa_file.base_digest and spa_file.base_digest != digest and not ignore_base_digest:
         raise BaseMismatchError(spa_file.base_digest, digest, spa_path=spa_path)
     model = build_model(arch_spec, init=False)  # every weight is loaded strictly below
-    load_into(model, state, source=base_path)           # the base alone must fit the architecture
+    load_into(model, state, source=base_path, assign=True)  # the base alone must fit
     check_compatible(spa_file, model, state)
     if spa_file.overrides:
         resize_for_overrides(model, spa_file.overrides)
-        load_into(model, {**state, **spa_file.overrides}, source=spa_path)
+        load_into(model, {**state, **spa_file.overrides}, source=spa_path, assign=True)
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise InputError(f"{base_path}: non-finite values in '{bad[0]}'")

@@ -35,26 +35,25 @@ def merge(model: nn.Module, spa: SpaFile) -> tuple[nn.Module, MergeReport]:
     merged = copy.deepcopy(model).float().eval()
     modules = dict(merged.named_modules())
     report = MergeReport()
-    staged: list[tuple[nn.Module, torch.Tensor, torch.Tensor | None]] = []
-    for name, layer in sorted(spa.layers.items()):
-        mod = modules[name]
-        weight, bias = merged_weights(mod, layer)
-        for tensor, what in ((weight, "weight"), (bias, "bias")):
-            if tensor is not None and not torch.isfinite(tensor).all():
-                raise InputError(f"{spa.path}: merging '{name}' gives non-finite {what} values")
-        staged.append((mod, weight, bias))
-        report.layers += 1
-        if layer.kind:
-            report.adapters[layer.kind] = report.adapters.get(layer.kind, 0) + 1
-        if layer.out_mask is not None:
-            report.masked_out_channels += int((~layer.out_mask).sum())
-        if layer.in_mask is not None:
-            report.masked_in_channels += int((~layer.in_mask).sum())
+    # The copy is private until it is returned: updates go straight into it, and a non-finite
+    # result discards it whole (the caller's network is never touched).
     with torch.no_grad():
-        for mod, weight, bias in staged:
+        for name, layer in sorted(spa.layers.items()):
+            mod = modules[name]
+            weight, bias = merged_weights(mod, layer)
+            for tensor, what in ((weight, "weight"), (bias, "bias")):
+                if tensor is not None and not torch.isfinite(tensor).all():
+                    raise InputError(f"{spa.path}: merging '{name}' gives non-finite {what} values")
             mod.weight.copy_(weight)
             if bias is not None:
                 mod.bias.copy_(bias)
+            report.layers += 1
+            if layer.kind:
+                report.adapters[layer.kind] = report.adapters.get(layer.kind, 0) + 1
+            if layer.out_mask is not None:
+                report.masked_out_channels += int((~layer.out_mask).sum())
+            if layer.in_mask is not None:
+                report.masked_in_channels += int((~layer.in_mask).sum())
     return merged, report
 
 

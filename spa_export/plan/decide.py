@@ -155,9 +155,11 @@ def _folds(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, plan: Pru
         if len(pos) == 0:
             continue
         mod = graph.modules[c.module]
-        index = torch.as_tensor(pos)
-        only = torch.zeros_like(c.value)
-        only[:, index] = c.value[:, index]
+        # Removed channels read with weights are constant: their values are in c.value, in the
+        # order of the consumer's constant positions.
+        stored = np.searchsorted(np.nonzero(~c.dep)[0], pos)
+        only = torch.zeros(c.shape, dtype=c.value.dtype)
+        only[:, torch.as_tensor(pos)] = c.value[:, torch.as_tensor(stored)]
         contrib = (mod(only) - mod(torch.zeros_like(only)))[0]
         fold = ConstantFold(c.module, len(np.unique(root[c.ids][pos])))
         if contrib.dim() == 1:

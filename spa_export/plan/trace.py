@@ -52,7 +52,8 @@ class ConsumerUse:
     dep: np.ndarray
     unread: np.ndarray       # weight columns that are zero for every output
     groups: int
-    value: torch.Tensor      # the probe input it saw (sample 0, batch axis kept)
+    value: torch.Tensor      # its probe input at the input-independent positions only (sample 0)
+    shape: tuple[int, ...]   # the probe input's shape for one sample (batch axis 1)
 
 
 @dataclass
@@ -212,7 +213,7 @@ class _Interpreter(fx.Interpreter):
         read = np.zeros(cin, dtype=bool)
         for j in range(g):
             read[j * per_in:(j + 1) * per_in] = nz[j * per_out:(j + 1) * per_out].any(0)
-        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~read, g, value[:1].clone()))
+        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~read, g, *_constant_part(value, x.dep)))
         ids = self.g.new_ids(cout, n.target)
         dep_in = x.dep.reshape(g, per_in)[np.arange(cout) // per_out]
         dep = (nz & dep_in).any(1)
@@ -221,7 +222,7 @@ class _Interpreter(fx.Interpreter):
 
     def linear(self, n: fx.Node, mod: nn.Linear, x: Slot, value: torch.Tensor) -> Slot:
         nz = (mod.weight.detach() != 0).numpy()
-        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~nz.any(0), 1, value[:1].clone()))
+        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~nz.any(0), 1, *_constant_part(value, x.dep)))
         ids = self.g.new_ids(mod.out_features, n.target)
         dep = (nz & x.dep[None, :]).any(1)
         self.g.producers.append(Producer(n.target, ids, 1, module=n.target, dep=dep))
@@ -301,6 +302,15 @@ class _Interpreter(fx.Interpreter):
 def _same_channels(a: torch.Tensor, b: object) -> bool:
     return isinstance(b, torch.Tensor) and a.dim() >= 2 and b.dim() >= 2 and a.shape[1] == b.shape[1] \
         and a.shape[0] == b.shape[0]
+
+
+def _constant_part(value: torch.Tensor, dep: np.ndarray) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """What a consumer's constant contributions need of its input: the constant channels, once.
+
+    Keeping only these (not the whole activation) keeps the plan's memory small.
+    """
+    index = torch.as_tensor(np.nonzero(~dep)[0], dtype=torch.long)
+    return value[:1].index_select(1, index).clone(), tuple(value[:1].shape)
 
 
 def _flatten(x: Slot, value: torch.Tensor) -> Slot:
