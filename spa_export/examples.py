@@ -53,3 +53,24 @@ class TinyResNet(nn.Module):
 def tiny_resnet(num_classes: int = 10) -> nn.Module:
     """A small residual network for 3x32x32 inputs."""
     return TinyResNet(num_classes=num_classes)
+
+
+class TwoHeads(nn.Module):
+    """A shared trunk with two outputs (class scores and a dense map): networks with several outputs."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                   nn.Conv2d(16, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.map_head = nn.Conv2d(16, 2, 1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.trunk(x)
+        scores = self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1))
+        return scores, self.map_head(features)
+
+
+def two_heads(num_classes: int = 5) -> nn.Module:
+    """A small network with two outputs, for 3x16x16 inputs."""
+    return TwoHeads(num_classes=num_classes)
