@@ -21,7 +21,7 @@ from torch import nn
 
 from spa_export.arch import build_model
 from spa_export.errors import InputError
-from spa_export.plan.decide import _groups as dependency_groups
+from spa_export.plan.decide import dependency_groups
 from spa_export.plan.trace import ChannelGraph, trace_channels
 from spa_export.spa import LayerSpa, SpaFile, make_spa, state_dict_digest
 

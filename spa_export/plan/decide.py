@@ -56,7 +56,7 @@ def decide(graph: ChannelGraph, input_shape: list[int], *, round_to: int = 1) ->
     for r in present.tolist():
         # A channel no consumer reads at all, that reaches no output, is dead: it goes too.
         removed[r] = r not in reason
-    groups = _groups(graph, root, present)
+    groups = dependency_groups(graph, root, present)
     _constrain(graph, root, removed, reason, groups, round_to)
 
     plan = PrunePlan(input_shape=list(input_shape), round_to=round_to)
@@ -66,7 +66,8 @@ def decide(graph: ChannelGraph, input_shape: list[int], *, round_to: int = 1) ->
     return plan
 
 
-def _groups(graph: ChannelGraph, root: np.ndarray, present: np.ndarray) -> list[tuple[list[int], np.ndarray]]:
+def dependency_groups(graph: ChannelGraph, root: np.ndarray,
+                      present: np.ndarray) -> list[tuple[list[int], np.ndarray]]:
     """Dependency groups: producers united where they share a channel; (producer indices, roots)."""
     owner: dict[int, int] = {}
     parent = list(range(len(graph.producers)))

@@ -14,7 +14,7 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
-from spa_export.plan.decide import _groups
+from spa_export.plan.decide import dependency_groups
 from spa_export.plan.trace import trace_channels
 
 SHAPE = (1, 3, 32, 32)
@@ -26,7 +26,7 @@ def _ours(model: nn.Module) -> dict[str, set[tuple[str, str]]]:
     root = np.fromiter((graph.uf.find(i) for i in range(n)), dtype=np.int64, count=n)
     present = np.unique(root[np.concatenate([p.ids for p in graph.producers])])
     out: dict[str, set[tuple[str, str]]] = {}
-    for idx, roots in _groups(graph, root, present):
+    for idx, roots in dependency_groups(graph, root, present):
         producers = [graph.producers[i].module for i in idx if graph.producers[i].module]
         if not producers:
             continue
