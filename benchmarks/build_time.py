@@ -37,7 +37,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from machine import add_common_options, machine_info, machine_markdown, write_results
+from machine import (
+    add_common_options,
+    default_input_shape,
+    machine_info,
+    machine_markdown,
+    write_results,
+)
 
 HERE = Path(__file__).resolve().parent
 BARE = ("bare_default", "bare_dynamo_false", "dense_export_onnx")
@@ -194,18 +200,14 @@ def markdown(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="torchvision:resnet50")
-    parser.add_argument("--input-shape", default=None, help="default 1,3,224,224 (1,3,64,64 quick)")
     parser.add_argument("--prune", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
     add_common_options(parser)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1,3,64,64, one repeat, results to /tmp "
                              "(explicit options win)")
     args = parser.parse_args(argv)
-    if args.input_shape is None:
-        args.input_shape = "1,3,64,64" if args.quick else "1,3,224,224"
+    default_input_shape(args)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     res = run(args)

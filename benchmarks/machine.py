@@ -89,7 +89,10 @@ SMOKE_DIR = Path("/tmp/spa-bench-smoke")
 
 
 def add_common_options(parser: Any) -> None:
-    """Options every benchmark script takes: where results and scratch files go, and --quick."""
+    """Options every benchmark script takes: the network, the seed, where results and scratch go."""
+    parser.add_argument("--arch", default="torchvision:resnet50")
+    parser.add_argument("--input-shape", default=None, help="default 1,3,224,224 (1,3,64,64 quick)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="where NAME.md/.json go (default benchmarks/results; /tmp/spa-bench-smoke "
                              "with --quick)")
@@ -107,3 +110,9 @@ def write_results(name: str, res: dict[str, Any], markdown_text: str, out_dir: P
     (target / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     (target / f"{name}.md").write_text(markdown_text)
     print(f"wrote {target / (name + '.md')} and .json", file=sys.stderr)
+
+
+def default_input_shape(args: Any) -> None:
+    """ResNet-50's usual 224x224, or a small 64x64 for a --quick smoke run, unless given."""
+    if args.input_shape is None:
+        args.input_shape = "1,3,64,64" if args.quick else "1,3,224,224"

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import add_common_options, machine_info, machine_markdown, write_results
+from machine import (
+    add_common_options,
+    default_input_shape,
+    machine_info,
+    machine_markdown,
+    write_results,
+)
 
 HERE = Path(__file__).resolve().parent
 AGREEMENT = 0.25
@@ -208,8 +214,6 @@ def markdown(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="torchvision:resnet50")
-    parser.add_argument("--input-shape", default=None, help="default 1,3,224,224 (1,3,64,64 quick)")
     parser.add_argument("--prunes", type=_floats, default=[0.3, 0.5, 0.7])
     parser.add_argument("--round-to", type=_ints, default=[1, 8])
     parser.add_argument("--batches", type=_ints, default=[1, 8])
@@ -218,7 +222,6 @@ def main(argv: list[str] | None = None) -> None:
                              "default 3 (0.3 with --quick)")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default: the pipeline's, physical cores)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--indep-warmup", type=int, default=5)
     parser.add_argument("--indep-runs", type=int, default=None, help="default 50 (20 quick)")
     add_common_options(parser)
@@ -226,8 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="smoke run: 1,3,64,64, budget 0.3 s, 20 independent runs, to /tmp "
                              "(explicit options win; add --prunes 0.5 for a shorter one)")
     args = parser.parse_args(argv)
-    if args.input_shape is None:
-        args.input_shape = "1,3,64,64" if args.quick else "1,3,224,224"
+    default_input_shape(args)
     if args.budget is None:
         args.budget = 0.3 if args.quick else 3.0
     if args.indep_runs is None:
