@@ -29,7 +29,7 @@ class Loaded:
     base_digest: str
     spa: SpaFile
     spa_sha256: str
-    model: nn.Module          # the task's base: overrides applied, adapters not yet merged
+    model: nn.Module | None   # the task's base (overrides applied); None once merged
 
     def to_json(self) -> dict:
         return {
