@@ -66,3 +66,11 @@ class VerificationError(SpaExportError):
 
 class BuildError(SpaExportError):
     """A stage failed for a reason that is not the user's input (exit 2, reported)."""
+
+
+class InterruptedAfterPublish(KeyboardInterrupt):
+    """Ctrl-C that arrived once the output was already published in full (exit 130)."""
+
+    def __init__(self, out: object) -> None:
+        super().__init__(f"interrupted: {out} was already written in full")
+        self.out = out

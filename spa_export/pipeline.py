@@ -22,7 +22,7 @@ from pathlib import Path
 from spa_export import __version__
 from spa_export.errors import InputError, VerificationError
 from spa_export.progress import StageProgress
-from spa_export.publish import check_out_dir, discard, publish, staging_dir
+from spa_export.publish import check_out_dir, discard, publish_whole, staging_dir
 
 SCHEMA_VERSION = 1
 BENCH_CHOICES = ("none", "cpu", "gpu", "all")
@@ -100,9 +100,9 @@ def build(opts: BuildOptions) -> BuildResult:
     staging = staging_dir(Path(opts.out))
     try:
         report = _run(opts, progress, staging)
-        publish(staging, Path(opts.out))
+        publish_whole(staging, Path(opts.out))
     except BaseException:
-        discard(staging)
+        discard(staging)  # a no-op once published
         raise
     return BuildResult(Path(opts.out), report)
 

@@ -7,15 +7,19 @@ build leaves ``--out`` as it was.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from spa_export.errors import InputError
+from spa_export.errors import InputError, InterruptedAfterPublish
 
 
 def check_out_dir(out: Path) -> None:
@@ -92,6 +96,35 @@ def publish(staging: Path, out: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[list[int]]:
+    """Hold Ctrl-C while the block runs; the list says whether one arrived."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if previous is signal.SIG_IGN:
+            received.clear()  # SIGINT was ignored before (a background job): it still is
+
+
+def publish_whole(staging: Path, out: Path) -> None:
+    """:func:`publish`, as one step that Ctrl-C cannot split.
+
+    A Ctrl-C during publication takes effect once it is done, as
+    :class:`~spa_export.errors.InterruptedAfterPublish`: the output is complete
+    and the message says so, rather than "nothing was written".
+    """
+    with _interrupt_deferred() as received:
+        publish(staging, out)
+    if received:
+        raise InterruptedAfterPublish(out)
 
 
 def discard(staging: Path) -> None:

@@ -1,1 +1,19 @@
 """The ``spa-export`` command line: thin click commands over the Python API."""
+
+from __future__ import annotations
+
+INTERRUPTED = "interrupted: nothing was written"
+
+
+def run() -> None:
+    """The console script: Ctrl-C while the CLI itself is still being imported exits 130 quietly too."""
+    try:
+        from spa_export.cli.main import main
+    except KeyboardInterrupt:
+        import os
+        import sys
+
+        sys.stderr.write(INTERRUPTED + "\n")
+        sys.stderr.flush()
+        os._exit(130)
+    main()

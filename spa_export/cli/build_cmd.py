@@ -10,10 +10,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from spa_export.cli.options import ARCH_HELP, INPUT_SHAPE
+
+if TYPE_CHECKING:
+    from spa_export.pipeline import BuildResult
 
 _IMPORT_MACHINERY = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
 
@@ -121,7 +125,7 @@ def build(recipe: Path | None, **given: object) -> None:
     Writes OUT/model.onnx, OUT/report.json and OUT/report.md (and OUT/dense.onnx
     with --bench). Exit 1 when verification fails; nothing is published then.
     """
-    from spa_export.errors import InputError
+    from spa_export.errors import InputError, InterruptedAfterPublish
     from spa_export.pipeline import BuildOptions, parse_input_shape
     from spa_export.pipeline import build as run_build
 
@@ -144,8 +148,19 @@ def build(recipe: Path | None, **given: object) -> None:
         bench_batches=tuple(values.get("batches") or (1, 8)), threads=values.get("threads"),
         budget_s=values.get("budget") or 2.0, quiet=bool(values.get("quiet")),
     )
-    with _interrupts_wait_for_imports():
-        result = run_build(opts)
+    result = None
+    try:
+        with _interrupts_wait_for_imports():
+            result = run_build(opts)
+        _summarise(result, opts.bench)
+    except KeyboardInterrupt:
+        if result is None:
+            raise
+        raise InterruptedAfterPublish(result.out) from None  # published in full: say so
+
+
+def _summarise(result: BuildResult, bench: str) -> None:
+    """The build's one-line result (and speed-ups) on stdout."""
     r = result.report
     ver = r["verification"]
     click.echo(
@@ -158,5 +173,5 @@ def build(recipe: Path | None, **given: object) -> None:
         click.echo(f"  {s['device']} {s['runtime']} batch {s['batch']}: {s['dense_p50_ms']:.3f} ms -> "
                    f"{s['pruned_p50_ms']:.3f} ms (x{s['speedup']:.2f})")
     gpu = r.get("gpu")
-    if gpu and gpu.get("status") == "skipped" and opts.bench in ("gpu", "all"):
+    if gpu and gpu.get("status") == "skipped" and bench in ("gpu", "all"):
         click.echo(f"  gpu: skipped ({gpu.get('reason')})")

@@ -16,10 +16,8 @@ import traceback
 import click
 
 from spa_export import __version__
-from spa_export.errors import SpaExportError
-
-INTERRUPTED = "interrupted: nothing was written"
-
+from spa_export.cli import INTERRUPTED
+from spa_export.errors import InterruptedAfterPublish, SpaExportError
 
 class _Group(click.Group):
     """A click group that turns our typed errors into clean exits."""
@@ -32,6 +30,9 @@ class _Group(click.Group):
                 traceback.print_exc()
             click.echo(f"error: {_one_line(err)}", err=True)
             ctx.exit(err.exit_code)
+        except InterruptedAfterPublish as done:  # the output is complete: say so
+            click.echo(str(done), err=True)
+            ctx.exit(130)
         except KeyboardInterrupt:
             click.echo(INTERRUPTED, err=True)
             ctx.exit(130)

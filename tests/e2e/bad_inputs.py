@@ -43,7 +43,7 @@ SHAPE = "1,3,32,32"
 
 def cli_command() -> list[str]:
     """The CLI as a user runs it, in a fresh interpreter."""
-    return [sys.executable, "-m", "spa_export.cli.main"]
+    return [sys.executable, "-m", "spa_export"]
 
 
 def cli_env(*, pythonpath: bool = False, extra: dict[str, str] | None = None) -> dict[str, str]:

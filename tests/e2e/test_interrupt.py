@@ -1,7 +1,10 @@
 """Interrupted builds leave ``--out`` exactly as it was.
 
 Real ``spa-export build`` processes on the shipped example get SIGINT or
-SIGKILL at a time after start or when stderr shows a given stage line. Then:
+SIGKILL at a time after start or when stderr shows a given stage line. The
+process runs through ``held_cli.py``, which pauses just before publication, so
+that on a slow machine the signal still lands before the output exists (the
+example builds in seconds). Then:
 
 * ``--out`` is byte-identical to what it was before: absent, or a complete
   earlier build;
@@ -11,6 +14,9 @@ SIGKILL at a time after start or when stderr shows a given stage line. Then:
   directory beside ``--out`` may remain; ``--out`` itself must be untouched,
   and the next build must still work.
 
+One more run pauses right after publication instead: SIGINT then exits 130
+saying that the output was written in full, and ``--out`` is the new build.
+
 The runs go side by side (each pays the interpreter and torch start-up), in
 a module fixture; the tests then check one run each.
 """
@@ -18,17 +24,20 @@ a module fixture; the tests then check one run each.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from bad_inputs import EXAMPLE_BASE, EXAMPLE_SPA, cli_command, cli_env, invoke, tree
+from bad_inputs import EXAMPLE_BASE, EXAMPLE_SPA, HERE, cli_env, invoke, tree
+from held_cli import PUBLISHED
 
 INTERRUPTED = "interrupted: nothing was written"
 PROGRESS = re.compile(r"^(\[\d+/\d+\] \w+ \.\.\.|      .*)$")   # stage lines of StageProgress
@@ -40,6 +49,7 @@ class Scenario:
     sig: signal.Signals
     when: float | str           # seconds after start, or the start of a stderr line
     over_complete: bool         # --out holds a complete earlier build
+    hold: str = "before-publish"  # where held_cli.py pauses
 
 
 SCENARIOS = [
@@ -51,6 +61,7 @@ SCENARIOS = [
     Scenario("sigkill-export", signal.SIGKILL, "[5/7] export", False),
     Scenario("sigkill-verify", signal.SIGKILL, "[6/7] verify", True),
 ]
+AFTER_PUBLISH = Scenario("sigint-after-publish", signal.SIGINT, PUBLISHED, True, hold="after-publish")
 
 
 @dataclass
@@ -66,7 +77,7 @@ class Run:
 
 
 def _build_args(out: Path) -> list[str]:
-    return [*cli_command(), "build", "--base", str(EXAMPLE_BASE), "--spa", str(EXAMPLE_SPA),
+    return [sys.executable, str(HERE / "held_cli.py"), "build", "--base", str(EXAMPLE_BASE), "--spa", str(EXAMPLE_SPA),
             "--input-shape", "1,3,32,32", "--bench", "none", "--out", str(out)]
 
 
@@ -78,7 +89,7 @@ def _run(s: Scenario, work: Path, complete: Path) -> Run:
     before = tree(out)
     # one intra-op thread each: three builds share the machine, more threads would only spin
     proc = subprocess.Popen(_build_args(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env(extra={"OMP_NUM_THREADS": "1"}))
+                            env=cli_env(extra={"OMP_NUM_THREADS": "1", "SPA_EXPORT_TEST_HOLD": s.hold}))
     lines: list[str] = []
     at_stage = threading.Event()
 
@@ -125,7 +136,7 @@ def runs(complete_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         done = {s.id: _run(s, root / s.id, complete_build) for s in early}
         with ThreadPoolExecutor(max_workers=3) as pool:
             futures = {s.id: pool.submit(_run, s, root / s.id, complete_build)
-                       for s in SCENARIOS if s not in early}
+                       for s in [*SCENARIOS, AFTER_PUBLISH] if s not in early}
             done.update((k, f.result()) for k, f in futures.items())
         return done
     finally:
@@ -151,6 +162,20 @@ def test_interrupted_build_leaves_out_as_it_was(scenario: Scenario, runs: dict[s
         assert r.code == -signal.SIGKILL
         # killed outright: no cleanup can run, so a staging directory may remain, but only that
         assert all(name.startswith(".out.staging-") for name in beside), beside
+
+
+def test_interrupt_after_publication_says_the_output_is_complete(runs: dict[str, Run]) -> None:
+    r = runs[AFTER_PUBLISH.id]
+    assert r.fired, f"the build ended (exit {r.code}) before the signal could be sent:\n{r.stderr}"
+    assert r.code == 130, r.stderr
+    assert r.stderr.splitlines()[-1] == f"interrupted: {r.out} was already written in full", r.stderr
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+    assert isinstance(r.after, dict) and isinstance(r.before, dict)
+    assert sorted(r.after) == ["model.onnx", "report.json", "report.md"]
+    # a new build, not the earlier one: the stage times in report.json always differ
+    assert r.after["report.json"] != r.before["report.json"]
+    assert json.loads(r.after["report.json"][1])["verification"]["passed"] is True
+    assert sorted(p.name for p in r.out.parent.iterdir()) == ["out"]
 
 
 def test_build_after_a_killed_build(runs: dict[str, Run]) -> None:
