@@ -18,7 +18,7 @@ import os
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,9 +60,15 @@ def build_model(spec: str, num_classes: int | None = None, *, init: bool = True)
     ``init=False`` skips random initialisation (uninitialised weights): only for
     a network whose whole state dict is loaded right after, strictly.
     """
+    factory, kwargs = _resolve(spec, num_classes)
     if not init:
         with _skip_weight_init():
-            return build_model(spec, num_classes)
+            return _call(spec, factory, kwargs)
+    return _call(spec, factory, kwargs)
+
+
+def _resolve(spec: str, num_classes: int | None) -> tuple[Callable[..., object], dict[str, object]]:
+    """The factory ``spec`` names (importing its module) and its keyword arguments."""
     if not isinstance(spec, str) or not _SPEC.match(spec.strip()):
         raise ArchitectureError(
             f"architecture '{spec}' is not of the form 'torchvision:NAME' or 'package.module:callable'"
@@ -93,6 +99,10 @@ def build_model(spec: str, num_classes: int | None = None, *, init: bool = True)
             raise ArchitectureError(f"'{module_name}' has no callable '{attr}' (architecture '{spec}')")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    return factory, kwargs
+
+
+def _call(spec: str, factory: Callable[..., object], kwargs: dict[str, object]) -> nn.Module:
     try:
         model = factory(**kwargs)
     except Exception as err:
@@ -100,6 +110,38 @@ def build_model(spec: str, num_classes: int | None = None, *, init: bool = True)
     if not isinstance(model, nn.Module):
         raise ArchitectureError(f"architecture '{spec}' returned {type(model).__name__}, not an nn.Module")
     return model.eval()
+
+
+def build_loaded(spec: str, state_dict: Mapping[str, torch.Tensor], *, source: object = None) -> nn.Module:
+    """The architecture with ``state_dict`` loaded strictly, sharing its tensors (nothing is copied).
+
+    The network is first built on the meta device, which allocates no memory;
+    loading then makes ``state_dict``'s tensors the network's own. Callers must
+    not change those tensors in place (replace them instead). Where the
+    factory cannot build on the meta device, or leaves tensors there that the
+    state dict does not hold (non-persistent buffers), it is built for real.
+    """
+    factory, kwargs = _resolve(spec, None)  # imports happen here, outside the meta device
+    try:
+        with torch.device("meta"):
+            model = _call(spec, factory, kwargs)
+    except ArchitectureError:
+        model = None  # a factory that needs real data: build it for real below
+    if model is not None:
+        load_into(model, state_dict, source=source, assign=True)
+        if not _on_meta(model):
+            return model
+    with _skip_weight_init():
+        model = _call(spec, factory, kwargs)
+    load_into(model, state_dict, source=source, assign=True)
+    return model
+
+
+def _on_meta(model: nn.Module) -> bool:
+    """Whether any parameter, buffer or plain tensor attribute of ``model`` has no data."""
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [v for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)]
+    return any(t.is_meta for t in tensors)
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

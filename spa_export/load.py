@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spa_export.arch import build_model, load_into, load_state_dict_file, resize_for_overrides
+from spa_export.arch import build_loaded, load_into, load_state_dict_file, resize_for_overrides
 from spa_export.compat import check_compatible
 from spa_export.errors import ArchitectureError, BaseMismatchError, InputError
 from spa_export.spa import SpaFile, file_sha256, read_spa, state_dict_digest
@@ -25,7 +25,7 @@ class Loaded:
     arch: str
     base_path: Path
     spa_path: Path
-    base_state: dict[str, torch.Tensor]
+    base_state: dict[str, torch.Tensor] | None   # None once a stage has dropped it
     base_digest: str
     spa: SpaFile
     spa_sha256: str
@@ -72,8 +72,7 @@ def load_inputs(base: str | os.PathLike, spa: str | os.PathLike, arch: str | Non
     digest = state_dict_digest(state)
     if spa_file.base_digest and spa_file.base_digest != digest and not ignore_base_digest:
         raise BaseMismatchError(spa_file.base_digest, digest, spa_path=spa_path)
-    model = build_model(arch_spec, init=False)  # every weight is loaded strictly below
-    load_into(model, state, source=base_path, assign=True)  # the base alone must fit
+    model = build_loaded(arch_spec, state, source=base_path)  # the base alone must fit
     check_compatible(spa_file, model, state)
     if spa_file.overrides:
         resize_for_overrides(model, spa_file.overrides)
@@ -95,3 +94,15 @@ def _check_variances(model: nn.Module, base_path: Path, spa: SpaFile) -> None:
             source = spa.path if key in spa.overrides else base_path
             raise InputError(f"{source}: '{key}' has negative entries (min {float(var.min()):.4g}); "
                              "a variance cannot be negative")
+
+
+def reread_base(loaded: Loaded) -> dict[str, torch.Tensor]:
+    """The base state again, for a stage that runs after it was dropped; refused if the file changed."""
+    if loaded.base_state is not None:
+        return loaded.base_state
+    state = load_state_dict_file(loaded.base_path)
+    digest = state_dict_digest(state)
+    if digest != loaded.base_digest:
+        raise InputError(f"{loaded.base_path}: the file changed while the build ran "
+                         f"(read as {loaded.base_digest}, now {digest})")
+    return state

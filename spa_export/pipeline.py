@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from spa_export import __version__
 from spa_export.errors import InputError, VerificationError
+from spa_export.memory import peak_rss_mb, release
 from spa_export.progress import StageProgress
 from spa_export.publish import check_out_dir, discard, publish_whole, staging_dir
 
@@ -114,7 +114,7 @@ def _run(opts: BuildOptions, progress: StageProgress, staging: Path) -> dict:
 
         from spa_export.apply import apply_plan
         from spa_export.export import export_onnx
-        from spa_export.load import load_inputs
+        from spa_export.load import load_inputs, reread_base
         from spa_export.merge import merge
         from spa_export.metrics import count_macs, count_params
         from spa_export.plan import make_plan
@@ -123,26 +123,31 @@ def _run(opts: BuildOptions, progress: StageProgress, staging: Path) -> dict:
 
         loaded = load_inputs(opts.base, opts.spa, opts.arch, ignore_base_digest=opts.ignore_base_digest)
         user_inputs = load_inputs_npy([Path(p) for p in opts.inputs], shape)
-    # Each network is dropped as soon as no later stage needs it, to keep the peak memory low.
+    # Each network is dropped as soon as no later stage needs it, to keep the peak memory low:
+    # the base too, once merged; verification reads it again (and checks it is the same).
     with progress.stage("merge"):
         merged, merge_report = merge(loaded.model, loaded.spa)
-        loaded.model = None
+        loaded.model = loaded.base_state = None
+        release()
         _check_runs(merged, shape, loaded.arch)
         dense_counts = (count_params(merged), count_macs(merged, shape))
     with progress.stage("plan"):
         plan = make_plan(merged, shape, round_to=opts.round_to, seed=opts.seed)
+        release()  # the traced graph refers to the network it traced
     with progress.stage("apply"):
         pruned = apply_plan(merged, plan)
         pruned_counts = (count_params(pruned), count_macs(pruned, shape))
         constants = sum(b.numel() for n, b in pruned.named_buffers() if n.endswith(".constant"))
     with progress.stage("export"):
-        export = export_onnx(pruned, shape, staging / "model.onnx", opset=opts.opset, exporter=opts.exporter)
-        del pruned
         if opts.bench != "none":
             export_onnx(merged, shape, staging / "dense.onnx", opset=opts.opset, exporter=opts.exporter)
         del merged
+        release()
+        export = export_onnx(pruned, shape, staging / "model.onnx", opset=opts.opset, exporter=opts.exporter)
+        del pruned
+        release()
     with progress.stage("verify"):
-        reference = build_reference(loaded.arch, loaded.base_state, loaded.spa)
+        reference = build_reference(loaded.arch, reread_base(loaded), loaded.spa)
         kw = dict(batches=opts.verify_batches, seed=opts.seed, inputs=user_inputs, rtol=opts.rtol,
                   atol_scale=opts.atol_scale)
         verification = verify(reference, staging / "model.onnx", shape, **kw)
@@ -181,7 +186,7 @@ def _run(opts: BuildOptions, progress: StageProgress, staging: Path) -> dict:
                                     progress=None if opts.quiet else progress.note))
     with progress.stage("report"):
         report["versions"] = _versions(torch.__version__)
-        report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        report["peak_rss_mb"] = peak_rss_mb()
         report["stages"] = list(progress.times)
         _write_reports(report, staging)
     report["stages"] = list(progress.times)

@@ -3,65 +3,96 @@
 This is the function every build is verified against, so it is written
 independently of :mod:`spa_export.merge`, :mod:`spa_export.plan` and
 :mod:`spa_export.apply`: the update is placed through selection matrices
-(``S_out @ U @ S_in``) rather than by indexing, and masks become
-multiplicative 0/1 tensors built from the spec's sentences one by one.
+(``S_out @ U @ S_in``) rather than by indexing, and masks become 0/1 tensors
+broadcast from the spec's sentences (rows, grouped columns, blocks).
+
+The network shares the base's tensors. Each layer of the SPA gets a
+parametrization that computes ``W'`` and ``b'`` from the base's ``W`` and
+``b`` whenever the layer runs, so the reference costs the base's memory plus
+one layer's weight at a time, and the base's tensors are never written.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from spa_export.arch import build_model, load_into, resize_for_overrides
-from spa_export.spa import SpaFile
+from spa_export.arch import build_loaded, load_into, resize_for_overrides
+from spa_export.spa import LayerSpa, SpaFile
 
 
 def build_reference(arch: str, base_state: dict[str, torch.Tensor], spa: SpaFile) -> nn.Module:
-    """The masked network of ``spa`` on ``base_state`` (float32, eval mode)."""
-    state = dict(base_state)
-    state.update(spa.overrides)                                   # step 1
-    model = build_model(arch, init=False)  # loaded strictly below
-    resize_for_overrides(model, spa.overrides)
-    load_into(model, state)
-    model = model.float().eval()
+    """The masked network of ``spa`` on ``base_state`` (float32, eval mode).
+
+    ``layer.weight`` and ``layer.bias`` of every SPA layer read as the spec's
+    ``W'`` and ``b'``, computed on each access.
+    """
+    model = build_loaded(arch, base_state, source="the base")
+    if spa.overrides:                                             # step 1
+        resize_for_overrides(model, spa.overrides)
+        load_into(model, {**base_state, **spa.overrides}, source=spa.path, assign=True)
+    model = model.float().eval().requires_grad_(False)
     modules = dict(model.named_modules())
-    with torch.no_grad():
-        for name, layer in spa.layers.items():
-            mod = modules[name]
-            w = mod.weight.to(torch.float32)
-            out, in_ = w.shape[0], w.shape[1] * getattr(mod, "groups", 1)
-            s_out = _selection(layer.out_mask, out)              # [out, out_kept]
-            s_in = _selection(layer.in_mask, in_)                 # [in, in_kept]
-            d = torch.zeros_like(w)                               # step 2
-            full = None
-            if layer.lora_cols is not None:
-                full = _spread(s_out, layer.lora_cols.float() @ layer.lora_rows.float(), s_in)
-            elif layer.pointwise is not None:
-                full = _spread(s_out, layer.pointwise.float().T, s_in)
-            if full is not None:
-                centre = [k // 2 for k in w.shape[2:]]
-                d[(slice(None), slice(None), *centre)] = full
-            if layer.pos_weights is not None:
-                for k in range(layer.pos_weights.shape[0]):
-                    proto = layer.proto_cols[k].float() @ layer.proto_rows[k].float()
-                    d = d + torch.kron(layer.pos_weights[k].float(), proto)
-            w = w + d
-            b = None if mod.bias is None else mod.bias.to(torch.float32).clone()
-            if layer.adapter_bias is not None:
-                b = b + torch.sparse.mm(s_out, layer.adapter_bias.float()[:, None])[:, 0]
-            keep = _mask_tensor(mod, layer, w.shape)              # step 3
-            mod.weight.copy_(w * keep)
-            if b is not None:
-                ob = torch.ones(out) if layer.out_mask is None else layer.out_mask.float()
-                mod.bias.copy_(b * ob)
+    for name, layer in spa.layers.items():
+        mod = modules[name]
+        groups = getattr(mod, "groups", 1)
+        parametrize.register_parametrization(mod, "weight", _MaskedWeight(layer, groups), unsafe=True)
+        if mod.bias is not None:
+            parametrize.register_parametrization(mod, "bias", _MaskedBias(layer), unsafe=True)
     return model
 
 
-def _selection(mask: torch.Tensor | None, size: int) -> torch.Tensor:
+class _MaskedWeight(nn.Module):
+    """``W -> (W + D) * keep`` for one layer (spec steps 2 and 3)."""
+
+    def __init__(self, layer: LayerSpa, groups: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.groups = groups
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        layer, dt = self.layer, w.dtype   # float32, unless a caller converted the network (.double())
+        out, in_ = w.shape[0], w.shape[1] * self.groups
+        update = None
+        if layer.lora_cols is not None:
+            update = layer.lora_cols.to(dt) @ layer.lora_rows.to(dt)
+        elif layer.pointwise is not None:
+            update = layer.pointwise.to(dt).T
+        d = torch.zeros_like(w)                                   # step 2
+        if update is not None:
+            full = _spread(_selection(layer.out_mask, out, dt), update, _selection(layer.in_mask, in_, dt))
+            centre = [k // 2 for k in w.shape[2:]]
+            d[(slice(None), slice(None), *centre)] = full
+        if layer.pos_weights is not None:
+            for k in range(layer.pos_weights.shape[0]):
+                proto = layer.proto_cols[k].to(dt) @ layer.proto_rows[k].to(dt)
+                d += torch.kron(layer.pos_weights[k].to(dt), proto)
+        d += w
+        return d.mul_(_keep(layer, w.shape, self.groups))         # step 3
+
+
+class _MaskedBias(nn.Module):
+    """``b -> (b + S_out @ adapter_bias) * out_mask``."""
+
+    def __init__(self, layer: LayerSpa) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        layer, dt = self.layer, b.dtype
+        if layer.adapter_bias is not None:
+            s_out = _selection(layer.out_mask, len(b), dt)
+            b = b + torch.sparse.mm(s_out, layer.adapter_bias.to(dt)[:, None])[:, 0]
+        return b if layer.out_mask is None else b * layer.out_mask.to(dt)
+
+
+def _selection(mask: torch.Tensor | None, size: int, dtype: torch.dtype) -> torch.Tensor:
     """Sparse one-hot columns for the kept entries: ``S[o, o'] = 1`` where ``o`` is the o'-th kept channel."""
     kept = torch.arange(size) if mask is None else torch.nonzero(mask).flatten()
     index = torch.stack([kept, torch.arange(len(kept))])
-    return torch.sparse_coo_tensor(index, torch.ones(len(kept)), (size, len(kept)), check_invariants=True).coalesce()
+    ones = torch.ones(len(kept), dtype=dtype)
+    return torch.sparse_coo_tensor(index, ones, (size, len(kept)), check_invariants=True).coalesce()
 
 
 def _spread(s_out: torch.Tensor, compact: torch.Tensor, s_in: torch.Tensor) -> torch.Tensor:
@@ -70,25 +101,20 @@ def _spread(s_out: torch.Tensor, compact: torch.Tensor, s_in: torch.Tensor) -> t
     return torch.sparse.mm(s_in, left.T).T                      # [out, in]
 
 
-def _mask_tensor(mod: nn.Module, layer, shape: torch.Size) -> torch.Tensor:
-    keep = torch.ones(shape)
-    out = shape[0]
-    groups = getattr(mod, "groups", 1)
-    if layer.out_mask is not None:
-        for o in range(out):
-            if not bool(layer.out_mask[o]):
-                keep[o] = 0
-    if layer.in_mask is not None:
-        per_in, per_out = shape[1], out // groups
-        for i in range(len(layer.in_mask)):
-            if not bool(layer.in_mask[i]):
-                group, pos = i // per_in, i % per_in
-                keep[group * per_out:(group + 1) * per_out, pos] = 0
-    if layer.block_mask is not None:
+def _keep(layer: LayerSpa, shape: torch.Size, groups: int) -> torch.Tensor:
+    """True where a weight of shape ``shape`` survives the layer's masks, False where a mask zeroes it."""
+    out, per_in = shape[0], shape[1]
+    spatial = (1,) * (len(shape) - 2)
+    keep = torch.ones(shape, dtype=torch.bool)
+    if layer.out_mask is not None:                  # W'[o] = 0
+        keep &= layer.out_mask.view(out, 1, *spatial)
+    if layer.in_mask is not None:                   # the weights that read input channel i
+        # output channel o belongs to group o // (out / groups) and reads, at position j,
+        # input channel (o // (out / groups)) * per_in + j
+        reads = layer.in_mask.view(groups, per_in).repeat_interleave(out // groups, dim=0)
+        keep &= reads.view(out, per_in, *spatial)
+    if layer.block_mask is not None:                # pruned blocks of W'
         rows, cols = layer.block_mask.shape
-        p, q = out // rows, shape[1] // cols
-        for r in range(rows):
-            for c in range(cols):
-                if not bool(layer.block_mask[r, c]):
-                    keep[r * p:(r + 1) * p, c * q:(c + 1) * q] = 0
+        blocks = layer.block_mask.repeat_interleave(out // rows, 0).repeat_interleave(per_in // cols, 1)
+        keep &= blocks.view(out, per_in, *spatial)
     return keep

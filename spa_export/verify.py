@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from spa_export.errors import InputError
+from spa_export.memory import release
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL_SCALE = 1e-4
@@ -70,11 +71,12 @@ def verify(reference: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], 
     cases += list(inputs or [])
     report = VerifyReport(True, rtol, atol_scale)
     worst_ratio = -1.0
-    with OnnxRuntimeRunner(onnx_path, threads=None) as runner:
+    with OnnxRuntimeRunner(onnx_path, threads=None, memory_arena=False) as runner:
         input_name = next(iter(runner.input_metadata()))
         for name, x in cases:
             with torch.no_grad():
                 expected = reference(torch.from_numpy(x))
+            release()  # the forward's activations and per-layer weights, before ONNX Runtime's
             expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
             if not all(torch.isfinite(e).all() for e in expected):
                 raise InputError(

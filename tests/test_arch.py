@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spa_export.arch import build_model, load_into, load_state_dict_file
+from spa_export.arch import build_loaded, build_model, load_into, load_state_dict_file
 from spa_export.errors import ArchitectureError, CheckpointError
 
 
@@ -42,3 +42,36 @@ def test_unreadable_checkpoint(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"garbage, not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read as a safetensors file"):
         load_state_dict_file(tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("spec", ["spa_export.examples:tiny_resnet", "torchvision:mobilenet_v3_small",
+                                  "torchvision:efficientnet_b0"])
+def test_build_loaded_shares_the_state_and_computes_the_same(spec):
+    torch.manual_seed(0)
+    model = build_model(spec)
+    state = model.state_dict()
+    loaded = build_loaded(spec, state)
+    for key, tensor in loaded.state_dict().items():
+        assert tensor.data_ptr() == state[key].data_ptr(), key   # no copy of the weights
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("factory", ["plain_tensor_attribute", "reads_data_while_built", "non_persistent_buffer"])
+def test_build_loaded_builds_for_real_what_the_meta_device_cannot(factory):
+    spec = f"factories_arch:{factory}"
+    torch.manual_seed(0)
+    model = build_model(spec)
+    loaded = build_loaded(spec, model.state_dict())
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_build_loaded_names_missing_and_extra_keys():
+    state = build_model("spa_export.examples:tiny_resnet").state_dict()
+    state["extra.weight"] = state.pop("fc.weight")
+    with pytest.raises(CheckpointError, match=r"missing keys 'fc.weight'.*unexpected keys 'extra.weight'"):
+        build_loaded("spa_export.examples:tiny_resnet", state, source="b.safetensors")

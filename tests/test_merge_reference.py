@@ -47,8 +47,16 @@ def test_merge_matches_reference_weight_by_weight():
     spa = _spa(torch.Generator().manual_seed(0))
     merged, report = merge(model, spa)
     reference = build_reference(ARCH, state, spa)
-    for (name, a), (_, b) in zip(merged.state_dict().items(), reference.state_dict().items(), strict=True):
-        assert torch.allclose(a, b, rtol=0, atol=1e-6), name
+    ref_modules = dict(reference.named_modules())
+    compared = 0
+    for name, mod in merged.named_modules():
+        for what in ("weight", "bias", "running_mean", "running_var"):
+            a = getattr(mod, what, None)
+            if isinstance(a, torch.Tensor):
+                b = getattr(ref_modules[name], what)   # for SPA layers: W' and b', computed on access
+                assert torch.allclose(a, b, rtol=0, atol=1e-6), (name, what)
+                compared += 1
+    assert compared == 25 + 13 + 2 * 12   # every weight, every bias (12 batch-norms and fc), bn statistics
     assert report.masked_out_channels == 4 and report.masked_in_channels == 4
     assert report.adapters == {"splora": 2, "sppara": 1}
 
@@ -119,3 +127,16 @@ def test_load_into_names_missing_and_extra_keys():
     state["extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match=r"missing keys 'fc.bias'.*unexpected keys 'extra.weight'"):
         load_into(model, state)
+
+
+def test_reference_shares_the_base_and_never_writes_it():
+    model, state = _base()
+    before = {k: v.clone() for k, v in state.items()}
+    reference = build_reference(ARCH, state, _spa(torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        reference(torch.randn(2, 3, 32, 32))
+    assert all(torch.equal(state[k], before[k]) for k in state)
+    # nothing of the base is copied: W' is computed from the base's own tensor when the layer runs
+    assert reference.layer1[0].bn1.running_mean.data_ptr() == state["layer1.0.bn1.running_mean"].data_ptr()
+    original = reference.layer1[0].conv1.parametrizations.weight.original
+    assert original.data_ptr() == state["layer1.0.conv1.weight"].data_ptr()

@@ -19,6 +19,7 @@ from spa_export import __version__
 from spa_export.cli import INTERRUPTED
 from spa_export.errors import InterruptedAfterPublish, SpaExportError
 
+
 class _Group(click.Group):
     """A click group that turns our typed errors into clean exits."""
 

@@ -78,8 +78,10 @@ class OnnxRuntimeRunner(Runner):
         opt_level: str = "all",
         providers: Sequence[str] = (CPU_PROVIDER,),
         name: str | None = None,
+        memory_arena: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.memory_arena = memory_arena  # False: no CPU arena (less memory for a few runs, slower for many)
         super().__init__(name if name is not None else self.path.stem)
         if opt_level not in OPT_LEVELS:
             raise InputError(
@@ -116,6 +118,7 @@ class OnnxRuntimeRunner(Runner):
             ort.GraphOptimizationLevel, OPT_LEVELS[self.opt_level]
         )
         options.log_severity_level = 3  # errors only
+        options.enable_cpu_mem_arena = self.memory_arena
         try:
             self._session = ort.InferenceSession(
                 str(self.path), sess_options=options, providers=list(self.providers)
