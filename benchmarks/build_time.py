@@ -28,7 +28,6 @@ import functools
 import io
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from machine import (
     default_input_shape,
     machine_info,
     machine_markdown,
+    make_inputs,
     write_results,
 )
 
@@ -61,16 +61,6 @@ def _rss_mb() -> float:
 
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def make_inputs(arch: str, shape: str, prune: float, seed: int, work: Path) -> tuple[Path, Path]:
-    """Base checkpoint and SPA, written by ``spa-export synth`` in a separate process."""
-    base, spa = work / "base.safetensors", work / "task.spa"
-    cmd = [sys.executable, "-c", "from spa_export.cli.main import main; main()", "synth",
-           "--arch", arch, "--input-shape", shape, "--prune", str(prune), "--masks", "out-only",
-           "--seed", str(seed), "--save-base", str(base), "-o", str(spa)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return base, spa
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -116,3 +116,13 @@ def default_input_shape(args: Any) -> None:
     """ResNet-50's usual 224x224, or a small 64x64 for a --quick smoke run, unless given."""
     if args.input_shape is None:
         args.input_shape = "1,3,64,64" if args.quick else "1,3,224,224"
+
+
+def make_inputs(arch: str, shape: str, prune: float, seed: int, work: Path) -> tuple[Path, Path]:
+    """Base checkpoint and SPA, written by ``spa-export synth`` in a separate process."""
+    base, spa = work / "base.safetensors", work / "task.spa"
+    cmd = [sys.executable, "-m", "spa_export", "synth",
+           "--arch", arch, "--input-shape", shape, "--prune", str(prune), "--masks", "out-only",
+           "--seed", str(seed), "--save-base", str(base), "-o", str(spa)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return base, spa

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spa_export.errors import ArchitectureError, CheckpointError
+from spa_export.errors import ArchitectureError, CheckpointError, require_file
 
 _SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_]\w*)$")
 
@@ -147,8 +147,7 @@ def _on_meta(model: nn.Module) -> bool:
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a base checkpoint (``.safetensors``, or ``.pt``/``.pth`` state dict) without running code."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such file")
+    require_file(p, CheckpointError)
     with open(p, "rb") as fh:
         head = fh.read(16)
     is_zip = head[:4] == b"PK\x03\x04"

@@ -8,6 +8,8 @@ whose verification failed. The CLI prints ``str(error)`` as one line on stderr;
 
 from __future__ import annotations
 
+import os
+
 
 class SpaExportError(Exception):
     """Base class of every error spa-export raises on purpose."""
@@ -74,3 +76,21 @@ class InterruptedAfterPublish(KeyboardInterrupt):
     def __init__(self, out: object) -> None:
         super().__init__(f"interrupted: {out} was already written in full")
         self.out = out
+
+
+def not_a_file(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as an input file ("no such file", "is a directory"), or None."""
+    if os.path.isfile(path):
+        return None
+    if os.path.isdir(path):
+        return "is a directory, not a file"
+    if os.path.lexists(path):
+        return "is not a regular file" if os.path.exists(path) else "is a broken symbolic link"
+    return "no such file"
+
+
+def require_file(path: str | os.PathLike[str], error: type[SpaExportError] | None = None) -> None:
+    """Raise ``error`` (default :class:`InputError`) naming ``path`` unless it is a regular file."""
+    problem = not_a_file(path)
+    if problem is not None:
+        raise (error or InputError)(f"{path}: {problem}")

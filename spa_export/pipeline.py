@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from spa_export import __version__
-from spa_export.errors import InputError, VerificationError
+from spa_export.errors import InputError, VerificationError, require_file
 from spa_export.memory import peak_rss_mb, release
 from spa_export.progress import StageProgress
 from spa_export.publish import check_out_dir, discard, publish_whole, staging_dir
@@ -77,8 +77,7 @@ def _validate(opts: BuildOptions) -> None:
     if not 7 <= opts.opset <= 23:
         raise InputError(f"--opset {opts.opset}: supported opsets are 7 to 23")
     for p in (opts.base, opts.spa, *opts.inputs):
-        if not Path(p).is_file():
-            raise InputError(f"{p}: no such file")
+        require_file(p)
     check_out_dir(Path(opts.out))
     if opts.bench == "gpu":  # asked for the GPU alone: say at once why it cannot run here
         from spa_export.runtime.onnxrt import cuda_provider_available

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from spa_export.errors import InputError
+from spa_export.errors import InputError, require_file
 
 
 def _fmt(value: object) -> str:
@@ -93,8 +93,7 @@ def bench(
     if len(models) > 2:
         raise InputError(f"give one or two models, got {len(models)}")
     for path in models:
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
+        require_file(path)
     if any(b < 1 for b in batches):
         raise InputError(f"batch sizes must be positive, got {list(batches)}")
     labels = ["dense", "pruned"] if len(models) == 2 else [models[0].stem]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from spa_export.errors import InputError
+from spa_export.errors import InputError, require_file
 
 
 @click.command("engine")
@@ -33,8 +33,7 @@ def engine(
     from spa_export.runtime.engine import build_engine
     from spa_export.runtime.tensorrt import metadata_path
 
-    if not model.is_file():
-        raise InputError(f"{model}: no such file")
+    require_file(model)
     if model.suffix != ".onnx":
         raise InputError(f"{model}: expected an ONNX file (.onnx)")
     if out_path is None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from spa_export.errors import InputError
+from spa_export.errors import InputError, require_file
 from spa_export.runtime.environment import collect_environment
 from spa_export.runtime.runner import Feed, InputMetadata, Runner
 from spa_export.runtime.timing import Stats, TimingConfig, compare
@@ -238,8 +238,7 @@ def benchmark(
         raise InputError(f"unknown device '{device}' (expected one of {', '.join(DEVICES)})")
     paths = {label: Path(p) for label, p in models.items()}
     for path in paths.values():
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
+        require_file(path)
         if path.suffix not in (".onnx", ".engine"):
             raise InputError(f"{path}: expected an ONNX file (.onnx) or a TensorRT engine (.engine)")
     kinds = {p.suffix for p in paths.values()}

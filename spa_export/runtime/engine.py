@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from spa_export import __version__
-from spa_export.errors import BuildError, InputError
+from spa_export.errors import BuildError, InputError, require_file
 from spa_export.runtime.tensorrt import gpu_device_info, metadata_path, require_gpu
 
 Shape = tuple[int, ...]
@@ -101,8 +101,7 @@ def build_engine(
 ) -> Path:
     """Build and save an engine; return its path (metadata at ``<engine>.json``)."""
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise InputError(f"{onnx_path}: no such file")
+    require_file(onnx_path)
     if workspace_mb < 1:
         raise InputError(f"workspace must be at least 1 MiB, got {workspace_mb}")
     trt = require_gpu()

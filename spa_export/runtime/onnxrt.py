@@ -14,7 +14,7 @@ from types import ModuleType
 
 import numpy as np
 
-from spa_export.errors import InputError
+from spa_export.errors import InputError, require_file
 from spa_export.runtime.environment import physical_cores
 from spa_export.runtime.runner import Dim, Feed, InputMetadata, Runner
 
@@ -102,8 +102,7 @@ class OnnxRuntimeRunner(Runner):
 
     def _activate(self) -> None:
         ort = _import_ort()
-        if not self.path.is_file():
-            raise InputError(f"{self.path}: no such file")
+        require_file(self.path)
         missing = [p for p in self.providers if p not in ort.get_available_providers()]
         if missing:
             raise InputError(

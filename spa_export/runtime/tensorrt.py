@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from spa_export.errors import BuildError, InputError
+from spa_export.errors import BuildError, InputError, require_file
 from spa_export.runtime.runner import Dim, Feed, InputMetadata, Runner
 
 TENSORRT_MISSING = (
@@ -243,8 +243,7 @@ class TensorRTRunner(Runner):
         self._outputs: list[str] = []
 
     def _activate(self) -> None:
-        if not self.path.is_file():
-            raise InputError(f"{self.path}: no such file")
+        require_file(self.path)
         trt = require_gpu()
         self.metadata = read_engine_metadata(self.path)
         if self.metadata is not None:

@@ -236,7 +236,14 @@ def spa_header_offsets_overlap(c: Corpus) -> Case:
 def spa_is_directory(c: Corpus) -> Case:
     p = c.path("adir.spa")
     p.mkdir(exist_ok=True)
-    return Case("", c.args(spa=p), [str(p), "no such file"])
+    return Case("", c.args(spa=p), [str(p), "is a directory, not a file"])
+
+
+@case
+def base_is_directory(c: Corpus) -> Case:
+    p = c.path("adir.safetensors")
+    p.mkdir(exist_ok=True)
+    return Case("", c.args(base=p), [str(p), "is a directory, not a file"])
 
 
 @case
