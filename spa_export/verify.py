@@ -10,6 +10,7 @@ case: seeded random inputs at batch 1 and a larger batch, and the user's own
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spa_export.errors import InputError
+from spa_export.errors import InputError, VerificationError
 from spa_export.memory import release
 
 DEFAULT_RTOL = 1e-4
@@ -63,6 +64,15 @@ def load_inputs_npy(paths: list[Path], input_shape: tuple[int, ...]) -> list[tup
 def verify(reference: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], *,
            batches: tuple[int, ...] = (1, 4), seed: int = 0, inputs: list[tuple[str, np.ndarray]] | None = None,
            rtol: float = DEFAULT_RTOL, atol_scale: float = DEFAULT_ATOL_SCALE) -> VerifyReport:
+    """Run every case through ``reference`` and the ONNX file; collect every output's comparison.
+
+    A case that fails against the float32 reference is checked again against
+    a float64 copy of it (made once, on the first failure; ``reference`` is not
+    changed). On a badly conditioned network the float32 reference itself can
+    be ~1e-4 of the output scale away from the masked network's function; the
+    float64 one is not, so a case passes when the exported file is within
+    tolerance of either. The case records which reference it was judged by.
+    """
     from spa_export.runtime.onnxrt import OnnxRuntimeRunner
 
     rng = np.random.default_rng(seed)
@@ -71,27 +81,47 @@ def verify(reference: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], 
     cases += list(inputs or [])
     report = VerifyReport(True, rtol, atol_scale)
     worst_ratio = -1.0
+    reference64: nn.Module | None = None
     with OnnxRuntimeRunner(onnx_path, threads=None, memory_arena=False) as runner:
         input_name = next(iter(runner.input_metadata()))
         for name, x in cases:
-            with torch.no_grad():
-                expected = reference(torch.from_numpy(x))
-            release()  # the forward's activations and per-layer weights, before ONNX Runtime's
-            expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-            if not all(torch.isfinite(e).all() for e in expected):
-                raise InputError(
-                    f"the masked network's output is not finite on '{name}': the base or the SPA "
-                    "overflows in float32, so there is nothing to verify against")
+            expected = _run(reference, torch.from_numpy(x), name)
             got = list(runner.infer({input_name: x}).values())
-            for k, (e, g) in enumerate(zip(expected, got, strict=True)):
-                e = e.numpy()
-                case = _compare(name, f"output{k}" if len(expected) > 1 else "output", e, g, rtol, atol_scale)
+            compared = _compare_outputs(name, expected, got, rtol, atol_scale, "float32")
+            if not all(c["passed"] for c in compared):
+                reference64 = reference64 or copy.deepcopy(reference).double()
+                expected = _run(reference64, torch.from_numpy(x).double(), name)
+                again = _compare_outputs(name, expected, got, rtol, atol_scale, "float64")
+                if all(c["passed"] for c in again):
+                    compared = again
+            for case in compared:
                 report.cases.append(case)
                 report.passed &= case["passed"]
                 if case["worst"]["ratio"] > worst_ratio:
                     worst_ratio = case["worst"]["ratio"]
                     report.worst = {"case": name, **case["worst"]}
     return report
+
+
+def _run(reference: nn.Module, x: torch.Tensor, case: str) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = reference(x)
+    out = [out] if isinstance(out, torch.Tensor) else list(out)
+    release()  # the forward's activations and per-layer weights, before ONNX Runtime's
+    if not all(torch.isfinite(o).all() for o in out):
+        raise InputError(
+            f"the masked network's output is not finite on '{case}': the base or the SPA "
+            "overflows in float32, so there is nothing to verify against")
+    return [o.numpy() for o in out]
+
+
+def _compare_outputs(case: str, expected: list[np.ndarray], got: list[np.ndarray], rtol: float,
+                     atol_scale: float, reference: str) -> list[dict]:
+    if len(expected) != len(got):
+        raise VerificationError(f"'{case}': the masked network has {len(expected)} outputs, the ONNX file {len(got)}")
+    names = ["output"] if len(expected) == 1 else [f"output{k}" for k in range(len(expected))]
+    return [{**_compare(case, n, e, g, rtol, atol_scale), "reference": reference}
+            for n, e, g in zip(names, expected, got, strict=True)]
 
 
 def _compare(case: str, output: str, expected: np.ndarray, got: np.ndarray, rtol: float,

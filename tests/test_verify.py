@@ -50,3 +50,50 @@ def test_dynamic_batch_axis(tmp_path):
     export_onnx(_net(0), (1, 3, 8, 8), tmp_path / "m.onnx")
     dim = onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
     assert dim.dim_param == "batch"
+
+
+class _Cancelling(nn.Module):
+    """``(x + 1e4) - 1e4``: x itself, but float32 rounds it to steps of ~1e-3 (1e-4 x the output scale of ~4)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + 1e4) - 1e4
+
+
+class _Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1.0
+
+
+def test_a_float32_reference_that_rounds_badly_gets_a_float64_second_opinion(tmp_path):
+    export_onnx(_Identity(), (1, 3, 8, 8), tmp_path / "exact.onnx")
+    reference = _Cancelling()
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32))
+    rounding = float((reference(x) - x).abs().max()) / float(x.abs().max())
+    assert rounding > 1e-4            # the float32 reference alone would fail the exact file
+    report = verify(reference, tmp_path / "exact.onnx", (1, 3, 8, 8), batches=(1, 4))
+    assert report.passed
+    assert [c["reference"] for c in report.cases] == ["float64", "float64"]
+    assert all(c["max_rel_err"] < 1e-6 for c in report.cases)
+    assert next(reference.parameters(), None) is None and reference(x).dtype == torch.float32  # not changed
+
+
+def test_a_wrong_file_fails_against_both_references(tmp_path):
+    class _Off(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 1.001
+
+    export_onnx(_Off(), (1, 3, 8, 8), tmp_path / "off.onnx")
+    report = verify(_Cancelling(), tmp_path / "off.onnx", (1, 3, 8, 8), batches=(2,))
+    assert not report.passed
+    assert report.cases[0]["reference"] == "float32"   # no better judgement: the first one is kept
+    assert report.cases[0]["mismatches"] > 0
+
+
+def test_exact_cases_never_build_the_float64_reference(tmp_path, monkeypatch):
+    import copy
+
+    net = _net(0)
+    export_onnx(net, (1, 3, 8, 8), tmp_path / "m.onnx")
+    monkeypatch.setattr(copy, "deepcopy", lambda *a, **k: (_ for _ in ()).throw(AssertionError("copied")))
+    report = verify(net, tmp_path / "m.onnx", (1, 3, 8, 8), batches=(1, 4))
+    assert report.passed and {c["reference"] for c in report.cases} == {"float32"}

@@ -69,6 +69,16 @@ def test_full_report() -> None:
     assert "a network output \\| logits" in md
     assert "| **total** | 0.75 |" in md
     assert "torch 2.14.1" in md and "Test CPU (4 physical / 8 logical cores)" in md
+    assert "| random batch 1 | 1 | 1e-06 | 2e-06 | float32 |" in md
+    assert "badly conditioned" not in md
+
+
+def test_cases_judged_by_the_float64_reference_are_marked() -> None:
+    report = copy.deepcopy(REPORT)
+    report["verification"]["cases"][0]["reference"] = "float64"
+    md = render_markdown(report, None)
+    assert "| random batch 1 | 1 | 1e-06 | 2e-06 | float64 |" in md
+    assert "failed against the float32 one: the network is badly conditioned" in md
 
 
 def test_no_latency_and_failed_verification() -> None:
