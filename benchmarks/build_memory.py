@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,12 +37,10 @@ from machine import (
     write_results,
 )
 
+from spa_export.memory import peak_rss_mb
+
 HERE = Path(__file__).resolve().parent
 MODELS = HERE.parent / "models"
-
-
-def _peak_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def child(config: dict[str, Any]) -> dict[str, Any]:
@@ -56,11 +53,11 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
     build(BuildOptions(base=MODELS / "tiny_resnet.safetensors", spa=MODELS / "tiny_resnet-example.spa",
                        out=work / f"tiny-{config['name']}", input_shape=(1, 3, 32, 32), bench=config["bench"],
                        bench_batches=(1,), budget_s=0.2, quiet=True))
-    runtimes = _peak_mb()
+    runtimes = peak_rss_mb()
     result = build(BuildOptions(base=Path(config["base"]), spa=Path(config["spa"]), out=work / config["name"],
                                 input_shape=parse_input_shape(config["shape"]), bench=config["bench"],
                                 bench_batches=(1,), budget_s=0.2, quiet=True))
-    return {"runtimes_peak_mb": runtimes, "build_peak_mb": _peak_mb(),
+    return {"runtimes_peak_mb": runtimes, "build_peak_mb": peak_rss_mb(),
             "report_peak_rss_mb": result.report["peak_rss_mb"]}
 
 

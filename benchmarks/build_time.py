@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import functools
 import io
-import resource
 import statistics
 import sys
 import tempfile
@@ -45,6 +44,8 @@ from machine import (
     write_results,
 )
 
+from spa_export.memory import peak_rss_mb
+
 HERE = Path(__file__).resolve().parent
 BARE = ("bare_default", "bare_dynamo_false", "dense_export_onnx")
 LABELS = {
@@ -53,10 +54,6 @@ LABELS = {
     "bare_dynamo_false": "torch.onnx.export, dynamo=False",
     "dense_export_onnx": "dense via spa_export.export.export_onnx",
 }
-
-
-def _rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -92,7 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     base, spa = make_inputs(args.arch, args.input_shape, args.prune, args.seed, work)
-    rss_before = _rss_mb()
+    rss_before = peak_rss_mb()
 
     dense = None
     exporters: dict[str, Callable[[Path], Any]] = {}
@@ -146,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "macs": first_report.get("macs"),
         "params": first_report.get("params"),
         "peak_rss_mb": {"build_report": first_report.get("peak_rss_mb"),
-                        "before_first_build": rss_before, "end_of_run": _rss_mb()},
+                        "before_first_build": rss_before, "end_of_run": peak_rss_mb()},
         "bytes": {"base_checkpoint": base.stat().st_size, "spa": spa.stat().st_size, **sizes},
         "machine": info,
     }

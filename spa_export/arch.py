@@ -54,16 +54,13 @@ def _keep(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor
     return tensor
 
 
-def build_model(spec: str, num_classes: int | None = None, *, init: bool = True) -> nn.Module:
-    """Instantiate the architecture ``spec`` in eval mode.
+def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
+    """Instantiate the architecture ``spec`` in eval mode, randomly initialised.
 
-    ``init=False`` skips random initialisation (uninitialised weights): only for
-    a network whose whole state dict is loaded right after, strictly.
+    To load a checkpoint into it, :func:`build_loaded` is cheaper: no
+    initialisation, and no copy of the weights.
     """
     factory, kwargs = _resolve(spec, num_classes)
-    if not init:
-        with _skip_weight_init():
-            return _call(spec, factory, kwargs)
     return _call(spec, factory, kwargs)
 
 
