@@ -89,7 +89,8 @@ def verify(reference: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], 
             got = list(runner.infer({input_name: x}).values())
             compared = _compare_outputs(name, expected, got, rtol, atol_scale, "float32")
             if not all(c["passed"] for c in compared):
-                reference64 = reference64 or copy.deepcopy(reference).double()
+                if reference64 is None:  # (not `or`: an empty nn.Sequential is falsy)
+                    reference64 = copy.deepcopy(reference).double()
                 expected = _run(reference64, torch.from_numpy(x).double(), name)
                 again = _compare_outputs(name, expected, got, rtol, atol_scale, "float64")
                 if all(c["passed"] for c in again):
