@@ -81,7 +81,8 @@ def _exporters(dense: Any, shape: tuple[int, ...]) -> dict[str, Callable[[Path],
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from spa_export.arch import build_model, load_state_dict_file
+    from spa_export.arch import build_model
+    from spa_export.checkpoint import load_state_dict_file
     from spa_export.pipeline import BuildOptions, build, parse_input_shape
 
     shape = parse_input_shape(args.input_shape)

@@ -14,18 +14,15 @@ dict through ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import importlib
-import os
 import re
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from spa_export.errors import ArchitectureError, CheckpointError, require_file
+from spa_export.errors import ArchitectureError, CheckpointError, shown
 
 _SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_]\w*)$")
 
@@ -118,20 +115,26 @@ def build_loaded(spec: str, state_dict: Mapping[str, torch.Tensor], *, source: o
     factory cannot build on the meta device, or leaves tensors there that the
     state dict does not hold (non-persistent buffers), it is built for real.
     """
-    factory, kwargs = _resolve(spec, None)  # imports happen here, outside the meta device
-    try:
-        with torch.device("meta"):
-            model = _call(spec, factory, kwargs)
-    except ArchitectureError:
-        model = None  # a factory that needs real data: build it for real below
+    model = build_on_meta(spec)  # None: a factory that needs real data, built for real below
     if model is not None:
         load_into(model, state_dict, source=source, assign=True)
         if not _on_meta(model):
             return model
+    factory, kwargs = _resolve(spec, None)
     with _skip_weight_init():
         model = _call(spec, factory, kwargs)
     load_into(model, state_dict, source=source, assign=True)
     return model
+
+
+def build_on_meta(spec: str) -> nn.Module | None:
+    """The architecture on the meta device (shapes, no data), or None where its factory cannot."""
+    factory, kwargs = _resolve(spec, None)
+    try:
+        with torch.device("meta"):
+            return _call(spec, factory, kwargs)
+    except ArchitectureError:
+        return None
 
 
 def _on_meta(model: nn.Module) -> bool:
@@ -139,39 +142,6 @@ def _on_meta(model: nn.Module) -> bool:
     tensors = [*model.parameters(), *model.buffers()]
     tensors += [v for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)]
     return any(t.is_meta for t in tensors)
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a base checkpoint (``.safetensors``, or ``.pt``/``.pth`` state dict) without running code."""
-    p = Path(path)
-    require_file(p, CheckpointError)
-    with open(p, "rb") as fh:
-        head = fh.read(16)
-    is_zip = head[:4] == b"PK\x03\x04"
-    is_pickle = head[:1] == b"\x80"
-    try:
-        if not is_zip and not is_pickle:
-            from safetensors.torch import load_file
-
-            sd = load_file(str(p))
-        else:
-            with warnings.catch_warnings():  # torch's loader warns on stderr about old or odd contents
-                warnings.simplefilter("ignore")
-                sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:
-        kind = "PyTorch checkpoint" if (is_zip or is_pickle) else "safetensors file"
-        raise CheckpointError(f"{p}: cannot read as a {kind}: {str(err).splitlines()[0][:300]}") from err
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
-    ):
-        raise CheckpointError(f"{p}: expected a state dict (a mapping of names to tensors)")
-    for k, v in sd.items():  # a pickle may hold sparse, quantized or data-less (meta) tensors
-        if v.layout != torch.strided or v.is_quantized or v.is_meta:
-            kind = "a quantized" if v.is_quantized else "a meta" if v.is_meta else f"a {v.layout}"
-            raise CheckpointError(f"{p}: '{k}' is {kind} tensor; expected dense tensors with data")
-    return {k: v.detach().to("cpu") for k, v in sd.items()}
 
 
 def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: object = None,
@@ -194,10 +164,14 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
             parts.append(f"unexpected keys {_few(extra)}")
         raise CheckpointError(f"{where}state dict does not fit the architecture: " + "; ".join(parts))
     for key, value in state_dict.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
+        want = expected[key]
+        if tuple(value.shape) != tuple(want.shape):
             raise CheckpointError(
-                f"{where}'{key}' has shape {list(value.shape)}, the architecture expects {list(expected[key].shape)}"
+                f"{where}'{shown(key)}' has shape {list(value.shape)}, the architecture expects {list(want.shape)}"
             )
+        if _kind(value.dtype) != _kind(want.dtype):
+            raise CheckpointError(f"{where}'{shown(key)}' holds {value.dtype} values where the architecture "
+                                  f"keeps {_kind(want.dtype)} ones ({want.dtype})")
     ordered: OrderedDict[str, torch.Tensor] = OrderedDict(state_dict)
     ordered._metadata = getattr(expected, "_metadata", OrderedDict())  # type: ignore[attr-defined]
     # assign=True: the model's tensors become the state dict's (no copy); only for callers that
@@ -205,9 +179,18 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
     model.load_state_dict(ordered, strict=True, assign=assign)
 
 
+def _kind(dtype: torch.dtype) -> str:
+    """What a tensor can hold: a weight needs floating point, a counter an integer."""
+    if dtype == torch.bool:
+        return "boolean"
+    if dtype.is_complex:
+        return "complex"
+    return "floating-point" if dtype.is_floating_point else "integer"
+
+
 def _few(keys: list[str], n: int = 5) -> str:
-    shown = ", ".join(f"'{k}'" for k in keys[:n])
-    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+    listed = ", ".join(f"'{shown(k)}'" for k in keys[:n])
+    return listed + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def resize_for_overrides(model: nn.Module, overrides: Mapping[str, torch.Tensor]) -> None:

@@ -16,6 +16,17 @@ class SpaExportError(Exception):
 
     exit_code: int = 2
 
+    def __reduce__(self) -> tuple:
+        # Errors cross process boundaries (parallel builds) as their class and final message;
+        # the constructors' own arguments (paths, digests) are already in the message.
+        return (_restore, (type(self), str(self)))
+
+
+def _restore(cls: type[SpaExportError], message: str) -> SpaExportError:
+    err = Exception.__new__(cls)
+    Exception.__init__(err, message)
+    return err
+
 
 class InputError(SpaExportError):
     """Bad input or usage (exit 2)."""
@@ -29,7 +40,7 @@ class SpaFormatError(InputError):
         if path is not None:
             where.append(str(path))
         if key is not None:
-            where.append(f"tensor '{key}'")
+            where.append(f"tensor '{shown(key)}'")
         prefix = ": ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
         self.path = path
@@ -70,14 +81,6 @@ class BuildError(SpaExportError):
     """A stage failed for a reason that is not the user's input (exit 2, reported)."""
 
 
-class InterruptedAfterPublish(KeyboardInterrupt):
-    """Ctrl-C that arrived once the output was already published in full (exit 130)."""
-
-    def __init__(self, out: object) -> None:
-        super().__init__(f"interrupted: {out} was already written in full")
-        self.out = out
-
-
 def not_a_file(path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` cannot be read as an input file ("no such file", "is a directory"), or None."""
     if os.path.isfile(path):
@@ -94,3 +97,44 @@ def require_file(path: str | os.PathLike[str], error: type[SpaExportError] | Non
     problem = not_a_file(path)
     if problem is not None:
         raise (error or InputError)(f"{path}: {problem}")
+
+
+#: How much of a text taken from a file (a tensor name, metadata) a message quotes.
+SHOWN_CHARS = 120
+
+
+def shown(text: object, limit: int = SHOWN_CHARS) -> str:
+    """``text`` safe to print on a terminal: control and format characters escaped, cut to ``limit``.
+
+    Names and metadata come from files that anyone may have written; printed
+    raw, an escape sequence could rewrite the user's terminal, a newline could
+    forge a second message, and a megabyte-long name would drown the one line.
+    """
+    import unicodedata
+
+    s = str(text)
+    cut = len(s) > limit
+    s = s[:limit]
+    out = []
+    for ch in s:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out) + (f"... ({len(str(text)) - limit} more characters)" if cut else "")
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for a failure of the machine itself (full disk, read-only file system, quota...)."""
+    import errno
+
+    where = f" ({shown(err.filename, 300)})" if err.filename else ""
+    reason = err.strerror or str(err)
+    hints = {errno.ENOSPC: "free some space or write elsewhere",
+             errno.EDQUOT: "free some space or write elsewhere",
+             errno.EROFS: "write elsewhere",
+             errno.EACCES: "check the permissions",
+             errno.ENAMETOOLONG: "use a shorter name"}
+    hint = hints.get(err.errno or 0)
+    return f"{reason}{where}" + (f": {hint}" if hint else "")

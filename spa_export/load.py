@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spa_export.arch import build_loaded, load_into, load_state_dict_file, resize_for_overrides
+from spa_export.arch import build_loaded, load_into, resize_for_overrides
+from spa_export.checkpoint import load_state_dict_file
 from spa_export.compat import check_compatible
-from spa_export.errors import ArchitectureError, BaseMismatchError, InputError
+from spa_export.errors import ArchitectureError, BaseMismatchError, InputError, shown
 from spa_export.spa import SpaFile, file_sha256, read_spa, state_dict_digest
 
 
@@ -49,40 +50,63 @@ TRUSTED_ARCH_MODULES = ("torchvision", "spa_export.examples")
 def resolve_arch(arch: str | None, spa: SpaFile) -> str:
     if arch and spa.arch and arch.strip() != spa.arch.strip():
         raise ArchitectureError(
-            f"{spa.path}: the SPA was made for '{spa.arch}', not '{arch}' (omit --arch to use the SPA's)"
+            f"{spa.path}: the SPA was made for '{shown(spa.arch)}', not '{arch}' (omit --arch to use the SPA's)"
         )
     chosen = arch or spa.arch
     if not chosen:
         raise ArchitectureError(f"{spa.path}: no architecture: pass --arch (the SPA has no spa.arch)")
     if not arch and chosen.strip().split(":", 1)[0] not in TRUSTED_ARCH_MODULES:
-        shown = chosen if len(chosen) <= 120 else chosen[:117] + "..."
         raise ArchitectureError(
-            f"{spa.path}: spa.arch '{shown}' names Python code to import and run; the file alone cannot "
-            f"choose it: pass --arch '{shown}' if you trust that code"
+            f"{spa.path}: spa.arch '{shown(chosen)}' names Python code to import and run; the file alone "
+            f"cannot choose it: pass --arch '{shown(chosen)}' if you trust that code"
         )
     return chosen
 
 
-def load_inputs(base: str | os.PathLike, spa: str | os.PathLike, arch: str | None = None, *,
-                ignore_base_digest: bool = False) -> Loaded:
-    spa_path, base_path = Path(spa), Path(base)
+@dataclass
+class Base:
+    """A base checkpoint read once: its state dict (None once dropped) and digest."""
+
+    path: Path
+    state: dict[str, torch.Tensor] | None
+    digest: str
+
+
+def read_base(path: str | os.PathLike) -> Base:
+    """Read the base checkpoint and compute its digest (spec, "Base digest")."""
+    base_path = Path(path)
+    state = load_state_dict_file(base_path)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise InputError(f"{base_path}: non-finite values in '{shown(bad[0])}'")
+    return Base(base_path, state, state_dict_digest(state))
+
+
+def load_task(base: Base, spa: str | os.PathLike, arch: str | None = None, *,
+              ignore_base_digest: bool = False) -> Loaded:
+    """One task's base network (overrides applied) from an already read ``base``; the base is shared."""
+    if base.state is None:
+        raise ValueError("load_task needs the base's state dict; it was dropped")
+    spa_path = Path(spa)
     spa_file = read_spa(spa_path)
     arch_spec = resolve_arch(arch, spa_file)
-    state = load_state_dict_file(base_path)
-    digest = state_dict_digest(state)
-    if spa_file.base_digest and spa_file.base_digest != digest and not ignore_base_digest:
-        raise BaseMismatchError(spa_file.base_digest, digest, spa_path=spa_path)
-    model = build_loaded(arch_spec, state, source=base_path)  # the base alone must fit
+    if spa_file.base_digest and spa_file.base_digest != base.digest and not ignore_base_digest:
+        raise BaseMismatchError(spa_file.base_digest, base.digest, spa_path=spa_path)
+    state = base.state
+    model = build_loaded(arch_spec, state, source=base.path)  # the base alone must fit
     check_compatible(spa_file, model, state)
     if spa_file.overrides:
         resize_for_overrides(model, spa_file.overrides)
         load_into(model, {**state, **spa_file.overrides}, source=spa_path, assign=True)
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise InputError(f"{base_path}: non-finite values in '{bad[0]}'")
-    _check_variances(model, base_path, spa_file)
-    return Loaded(arch_spec, base_path, spa_path, state, digest, spa_file, file_sha256(spa_path),
+    _check_variances(model, base.path, spa_file)
+    return Loaded(arch_spec, base.path, spa_path, state, base.digest, spa_file, file_sha256(spa_path),
                   model.float().eval())
+
+
+def load_inputs(base: str | os.PathLike, spa: str | os.PathLike, arch: str | None = None, *,
+                ignore_base_digest: bool = False) -> Loaded:
+    """Read the base and load one task: :func:`read_base` then :func:`load_task`."""
+    return load_task(read_base(base), spa, arch, ignore_base_digest=ignore_base_digest)
 
 
 def _check_variances(model: nn.Module, base_path: Path, spa: SpaFile) -> None:

@@ -15,6 +15,7 @@ import gc
 import resource
 import sys
 from functools import cache
+from pathlib import Path
 
 
 @cache
@@ -40,3 +41,56 @@ def peak_rss_mb() -> float:
     """The process's peak resident set size so far, in MB (``ru_maxrss``)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+#: A forward pass holds a few activations at once (a layer's input, its output, a residual
+#: branch): its peak is taken as this many times the largest one, plus the input.
+LIVE_ACTIVATIONS = 4
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still take: the system's available memory, less under a cgroup limit."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            found.append(max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def check_batches_fit(per_sample: int | None, batches: dict[str, int], subject: str) -> None:
+    """Refuse batches whose forward pass cannot fit in the memory available now.
+
+    ``per_sample``: the largest activation of one sample, in bytes (None: not
+    known, nothing is checked). ``batches``: what runs at which batch size
+    ("verification": 4, "--batch": 64), named in the message. ``subject`` is
+    what determines the size (``--input-shape 1,3,224,224``).
+    """
+    if not per_sample or not batches:
+        return
+    available = available_bytes()
+    if available is None:
+        return
+    what, batch = max(batches.items(), key=lambda kv: kv[1])
+    needed = per_sample * LIVE_ACTIVATIONS * batch
+    if needed > available:
+        from spa_export.errors import InputError
+
+        raise InputError(f"{subject}: a forward pass at batch {batch} ({what}) needs about {_gib(needed)} "
+                         f"of activations, more than the {_gib(available)} available on this machine; "
+                         "use a smaller input shape or batch size")

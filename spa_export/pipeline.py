@@ -1,12 +1,15 @@
 """The build, top to bottom: the only place that knows the order of the stages.
 
-load -> merge -> plan -> apply -> export -> verify -> [bench] -> report
+load -> merge -> plan -> apply -> export -> verify -> [evaluate] -> [bench] -> report
 
-Each stage returns its artefact and a small record; :func:`build` collects the
-records into ``report.json``. Everything is written into a staging directory
-and published to ``out`` only when the build has succeeded (exit 0); a
-verification failure raises :class:`~spa_export.errors.VerificationError`
-(exit 1) and publishes nothing.
+Each stage returns its artefact and a small record; :func:`run_task` collects
+the records into ``report.json``. :func:`build` builds one task into ``out``:
+everything is written into a staging directory and published only when the
+build has succeeded (exit 0), and only over an output that is spa-export's
+own (:mod:`spa_export.ownership`); a verification failure raises
+:class:`~spa_export.errors.VerificationError` (exit 1) and publishes nothing.
+A recipe of many tasks reads the base once and calls :func:`run_task` per task
+(:mod:`spa_export.package`).
 """
 
 from __future__ import annotations
@@ -14,18 +17,24 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from spa_export import __version__
+from spa_export import __version__, validate
 from spa_export.errors import InputError, VerificationError, require_file
-from spa_export.memory import peak_rss_mb, release
+from spa_export.memory import check_batches_fit, peak_rss_mb, release
+from spa_export.ownership import check_out_dir
 from spa_export.progress import StageProgress
-from spa_export.publish import check_out_dir, discard, publish_whole, staging_dir
+from spa_export.publish import discard, publish_whole, staging_dir
+
+if TYPE_CHECKING:
+    from spa_export.load import Base
 
 SCHEMA_VERSION = 1
 BENCH_CHOICES = ("none", "cpu", "gpu", "all")
+EXPORTERS = ("torchscript", "dynamo")
 
 
 @dataclass
@@ -49,6 +58,7 @@ class BuildOptions:
     threads: int | None = None
     budget_s: float = 2.0
     quiet: bool = False
+    eval_data: Path | None = None
 
 
 @dataclass
@@ -59,74 +69,114 @@ class BuildResult:
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """``"1,3,224,224"`` -> ``(1, 3, 224, 224)``; a clear error otherwise."""
-    try:
-        dims = tuple(int(p) for p in str(text).replace("x", ",").split(","))
-    except ValueError:
-        raise InputError(f"--input-shape '{text}': expected comma-separated integers such as 1,3,224,224") \
-            from None
-    if len(dims) < 2 or any(d < 1 for d in dims) or any(d > 65536 for d in dims):
-        raise InputError(f"--input-shape '{text}': expected N,C[,H[,W]] with positive sizes")
-    return dims
+    return validate.input_shape(text, "--input-shape")
 
 
-def _validate(opts: BuildOptions) -> None:
-    if opts.bench not in BENCH_CHOICES:
-        raise InputError(f"--bench '{opts.bench}': one of {', '.join(BENCH_CHOICES)}")
-    if opts.round_to < 1:
-        raise InputError(f"--round-to must be >= 1, got {opts.round_to}")
-    if not 7 <= opts.opset <= 23:
-        raise InputError(f"--opset {opts.opset}: supported opsets are 7 to 23")
-    for p in (opts.base, opts.spa, *opts.inputs):
+def validate_options(opts: BuildOptions) -> BuildOptions:
+    """Every option checked (named as on the command line); returns them in canonical types."""
+    checked = replace(
+        opts,
+        input_shape=validate.input_shape(opts.input_shape, "--input-shape"),
+        bench=validate.choice(opts.bench, "--bench", BENCH_CHOICES),
+        round_to=validate.round_to(opts.round_to, "--round-to"),
+        opset=validate.opset(opts.opset, "--opset"),
+        rtol=validate.tolerance(opts.rtol, "--rtol"),
+        atol_scale=validate.tolerance(opts.atol_scale, "--atol"),
+        seed=validate.seed(opts.seed, "--seed"),
+        exporter=validate.choice(opts.exporter, "--exporter", EXPORTERS),
+        verify_batches=validate.batches(opts.verify_batches, "verification batch"),
+        bench_batches=validate.batches(opts.bench_batches, "--batch"),
+        threads=validate.threads(opts.threads, "--threads"),
+        budget_s=validate.budget(opts.budget_s, "--budget"),
+        inputs=tuple(Path(p) for p in opts.inputs),
+        eval_data=Path(opts.eval_data) if opts.eval_data is not None else None,
+    )
+    for p in (checked.base, checked.spa, *checked.inputs, *filter(None, [checked.eval_data])):
         require_file(p)
-    check_out_dir(Path(opts.out))
-    if opts.bench == "gpu":  # asked for the GPU alone: say at once why it cannot run here
-        from spa_export.runtime.onnxrt import cuda_provider_available
-        from spa_export.runtime.tensorrt import gpu_unavailable_reason
+    if checked.bench in ("gpu",):
+        check_gpu_available()
+    return checked
 
-        reason = gpu_unavailable_reason()
-        if reason and not cuda_provider_available():
-            raise InputError(f"--bench gpu: {reason}")
+
+def check_gpu_available() -> None:
+    """``--bench gpu`` alone: say at once, before any work, why it cannot run here."""
+    from spa_export.runtime.onnxrt import cuda_provider_available
+    from spa_export.runtime.tensorrt import gpu_unavailable_reason
+
+    reason = gpu_unavailable_reason()
+    if reason and not cuda_provider_available():
+        raise InputError(f"--bench gpu: {reason}")
 
 
 def build(opts: BuildOptions) -> BuildResult:
-    """Run every stage; publish ``opts.out`` only on success."""
-    _validate(opts)
-    names = ["load", "merge", "plan", "apply", "export", "verify"]
-    if opts.bench != "none":
-        names.append("bench")
-    names.append("report")
-    progress = StageProgress(names, quiet=opts.quiet)
-    staging = staging_dir(Path(opts.out))
+    """Build one task into ``opts.out``; publish it only on success."""
+    opts = validate_options(opts)
+    out = check_out_dir(opts.out, inputs=[opts.base, opts.spa, *opts.inputs,
+                                          *filter(None, [opts.eval_data])])
+    progress = StageProgress(stage_names(opts), quiet=opts.quiet)
+    staging = staging_dir(out)
     try:
-        report = _run(opts, progress, staging)
-        publish_whole(staging, Path(opts.out))
+        report = run_task(opts, None, staging, progress)
+        publish_whole(staging, out)
     except BaseException:
         discard(staging)  # a no-op once published
         raise
     return BuildResult(Path(opts.out), report)
 
 
-def _run(opts: BuildOptions, progress: StageProgress, staging: Path) -> dict:
+def stage_names(opts: BuildOptions) -> list[str]:
+    names = ["load", "merge", "plan", "apply", "export", "verify"]
+    if opts.eval_data is not None:
+        names.append("evaluate")
+    if opts.bench != "none":
+        names.append("bench")
+    return [*names, "report"]
+
+
+def run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: StageProgress) -> dict:
+    """Every stage of one task, writing into ``staging``; returns the report.
+
+    ``base``: the base checkpoint already read (kept for every task of a
+    recipe), or None to read ``opts.base`` here and drop it while the network
+    is merged (a single build's lower peak memory).
+    """
     shape = tuple(opts.input_shape)
     with progress.stage("load"):  # the heavy imports count as loading: stage times add up
         import torch
 
         from spa_export.apply import apply_plan
+        from spa_export.arrays import read_input
         from spa_export.export import export_onnx
-        from spa_export.load import load_inputs, reread_base
+        from spa_export.footprint import largest_activation_bytes
+        from spa_export.load import load_task, read_base, reread_base
         from spa_export.merge import merge
         from spa_export.metrics import count_macs, count_params
         from spa_export.plan import make_plan
         from spa_export.reference import build_reference
-        from spa_export.verify import load_inputs_npy, verify
+        from spa_export.verify import verify
 
-        loaded = load_inputs(opts.base, opts.spa, opts.arch, ignore_base_digest=opts.ignore_base_digest)
-        user_inputs = load_inputs_npy([Path(p) for p in opts.inputs], shape)
+        keep_base = base is not None
+        base = base if base is not None else read_base(opts.base)
+        loaded = load_task(base, opts.spa, opts.arch, ignore_base_digest=opts.ignore_base_digest)
+        user_inputs = [(f"input {p.name}", read_input(p, shape)) for p in opts.inputs]
+        evaluation = None
+        if opts.eval_data is not None:
+            from spa_export.evaluate import read_eval
+
+            evaluation = read_eval(opts.eval_data, shape)
+        per_sample = largest_activation_bytes(loaded.arch, loaded.spa.overrides, shape, spa_path=loaded.spa_path)
+        runs = {"verification": max(opts.verify_batches), "the export shape": shape[0]}
+        runs.update({f"--input {p.name}": len(x) for p, (_, x) in zip(opts.inputs, user_inputs, strict=True)})
+        if opts.bench != "none":
+            runs["--batch"] = max(opts.bench_batches)
+        check_batches_fit(per_sample, runs, f"--input-shape {','.join(map(str, shape))}")
     # Each network is dropped as soon as no later stage needs it, to keep the peak memory low:
-    # the base too, once merged; verification reads it again (and checks it is the same).
+    # in a single build the base too, once merged; verification reads it again (and checks it is the same).
     with progress.stage("merge"):
         merged, merge_report = merge(loaded.model, loaded.spa)
-        loaded.model = loaded.base_state = None
+        loaded.model = None
+        if not keep_base:
+            loaded.base_state = base.state = None
         release()
         _check_runs(merged, shape, loaded.arch)
         dense_counts = (count_params(merged), count_macs(merged, shape))
@@ -168,6 +218,7 @@ def _run(opts: BuildOptions, progress: StageProgress, staging: Path) -> dict:
         "constant_elements": constants,
         "macs": {"dense": dense_counts[1], "pruned": pruned_counts[1]},
         "learned_params": loaded.spa.learned_parameter_count(),
+        "spa_bytes": loaded.spa_path.stat().st_size,
         "merge": merge_report.to_json(),
         "groups": [g.to_json() for g in plan.groups],
         "groups_kept_whole": plan.groups_kept_whole(),
@@ -175,6 +226,13 @@ def _run(opts: BuildOptions, progress: StageProgress, staging: Path) -> dict:
         "export": export.to_json(),
         "verification": verification.to_json(),
     }
+    if evaluation is not None:
+        with progress.stage("evaluate"):
+            from spa_export.evaluate import evaluate
+
+            report["accuracy"] = evaluate(reference, staging / "model.onnx", evaluation)
+    del reference
+    release()
     if opts.bench != "none":
         with progress.stage("bench"):
             from spa_export.runtime.bench import benchmark
@@ -184,7 +242,7 @@ def _run(opts: BuildOptions, progress: StageProgress, staging: Path) -> dict:
                                     budget_s=opts.budget_s, seed=opts.seed,
                                     progress=None if opts.quiet else progress.note))
     with progress.stage("report"):
-        report["versions"] = _versions(torch.__version__)
+        report["versions"] = versions(torch.__version__)
         report["peak_rss_mb"] = peak_rss_mb()
         report["stages"] = list(progress.times)
         _write_reports(report, staging)
@@ -214,8 +272,11 @@ def _write_reports(report: dict, staging: Path) -> None:
     (staging / "report.md").write_text(render_markdown(report, plot.name if plot else None))
 
 
-def _versions(torch_version: str) -> dict:
-    out = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch_version}
+def versions(torch_version: str | None = None) -> dict:
+    """The versions of Python, the platform and every library a build depends on."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    if torch_version is not None:
+        out["torch"] = torch_version
     for dist in ("torchvision", "onnx", "onnxruntime", "onnxsim", "onnxscript", "safetensors", "numpy"):
         try:
             out[dist] = metadata.version(dist)

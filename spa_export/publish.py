@@ -1,8 +1,10 @@
-"""Atomic publication of a build's output directory.
+"""Atomic publication of an output directory, and atomic single files.
 
-A build writes into a staging directory beside ``--out`` and publishes it
+A build writes into a staging directory beside its output and publishes it
 with renames only when every stage has succeeded, so a failed or interrupted
-build leaves ``--out`` as it was.
+build leaves the output as it was. What may be replaced at all is decided by
+:mod:`spa_export.ownership`: publication checks it once more right before the
+swap, and marks the new output as spa-export's own.
 """
 
 from __future__ import annotations
@@ -11,34 +13,18 @@ import contextlib
 import ctypes
 import errno
 import os
+import secrets
 import shutil
-import signal
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
-from spa_export.errors import InputError, InterruptedAfterPublish
-
-
-def check_out_dir(out: Path) -> None:
-    """Refuse an ``--out`` that is a file or whose parent cannot be written, before any work."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a directory")
-    parent = out.resolve().parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent  # missing parents are created when the build publishes
-    if not parent.is_dir():
-        raise InputError(f"--out {out}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"--out {out}: cannot write in {parent}")
-
-
-def _existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
+from spa_export import __version__
+from spa_export.errors import InputError
+from spa_export.interrupts import deferred
+from spa_export.ownership import absolute, foreign_contents, nearest_existing, write_marker
 
 
 def staging_dir(out: Path) -> Path:
@@ -47,9 +33,19 @@ def staging_dir(out: Path) -> Path:
     Missing parents of ``out`` are created only by :func:`publish`, so a failed
     or interrupted build leaves no empty directories behind. The ancestor is on
     the same file system as the parents created below it: the rename stays atomic.
+    The name is cut so that it fits the file system whatever ``out``'s length.
     """
-    parent = _existing_ancestor(out.resolve().parent)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=parent))
+    out = absolute(out)
+    parent = nearest_existing(out.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name[:64]}.staging-", dir=parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp's 0o700 would become the published folder's mode
+    return staging
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -71,22 +67,31 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a))
 
 
-def publish(staging: Path, out: Path) -> None:
-    """Move ``staging`` to ``out``: the old ``out`` (if any) is replaced as a whole.
+def publish(staging: Path, out: Path, *, option: str = "--out") -> None:
+    """Move ``staging`` to ``out``: the old ``out`` (spa-export's own, or empty) is replaced as a whole.
 
-    Where the kernel can, an existing ``out`` is swapped with ``staging`` in one
-    atomic step (the old contents then sit in ``staging`` and are removed), so
-    even a process killed mid-publish leaves either the old or the new ``out``,
-    never none. Elsewhere the old ``out`` is renamed aside first.
+    ``out`` is checked again first: if a file that spa-export did not write
+    appeared there while the build ran, nothing is replaced. Where the kernel
+    can, an existing ``out`` is swapped with ``staging`` in one atomic step (the
+    old contents then sit in ``staging`` and are removed), so even a process
+    killed mid-publish leaves either the old or the new ``out``, never none.
+    Elsewhere the old ``out`` is renamed aside first.
     """
-    out = out.resolve()
+    out = absolute(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise InputError(f"{option} {out}: became a link or a file while the build ran; nothing was replaced")
+    if out.is_dir():
+        problem = foreign_contents(out)
+        if problem is not None:
+            raise InputError(f"{option} {out}: {problem} (it changed while the build ran); "
+                             "nothing was replaced")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.is_dir() and _exchange(staging, out):
         shutil.rmtree(staging, ignore_errors=True)
         return
     old = None
     if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        old = out.parent / f".{out.name[:64]}.old-{os.getpid()}"
         os.replace(out, old)
     try:
         os.replace(staging, out)
@@ -98,34 +103,62 @@ def publish(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _interrupt_deferred() -> Iterator[list[int]]:
-    """Hold Ctrl-C while the block runs; the list says whether one arrived."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if previous is signal.SIG_IGN:
-            received.clear()  # SIGINT was ignored before (a background job): it still is
+def publish_whole(staging: Path, out: Path, *, kind: str = "build", option: str = "--out") -> None:
+    """Mark ``staging`` as spa-export's output and :func:`publish` it, as one step signals cannot split.
 
-
-def publish_whole(staging: Path, out: Path) -> None:
-    """:func:`publish`, as one step that Ctrl-C cannot split.
-
-    A Ctrl-C during publication takes effect once it is done, as
-    :class:`~spa_export.errors.InterruptedAfterPublish`: the output is complete
-    and the message says so, rather than "nothing was written".
+    A Ctrl-C or SIGTERM during publication takes effect once it is done, as
+    :class:`~spa_export.interrupts.InterruptedAfterPublish`: the output is
+    complete and the message says so, rather than "nothing was written".
     """
-    with _interrupt_deferred() as received:
-        publish(staging, out)
-    if received:
-        raise InterruptedAfterPublish(out)
+    write_marker(staging, kind, __version__)
+    with deferred(out):
+        publish(staging, out, option=option)
 
 
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file through ``write(fh)`` into a temporary file beside ``path``, then rename it.
+
+    Missing folders above ``path`` are created. A failure or a signal at any
+    point removes the temporary file and the folders created for it: ``path``
+    is either as it was or complete. The caller has checked that ``path`` may
+    be replaced (:func:`spa_export.ownership.check_out_file`).
+    """
+    path = absolute(path)
+    created = []
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
+    tmp = path.parent / f".{path.name[:64]}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    try:
+        for folder in reversed(created):
+            folder.mkdir()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        fd = os.open(tmp, flags, 0o666)  # 0o666: the umask decides, as for open()
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    with contextlib.suppress(OSError):  # persist the rename; not possible everywhere
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda fh: fh.write(data))

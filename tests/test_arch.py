@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spa_export.arch import build_loaded, build_model, load_into, load_state_dict_file
+from spa_export.arch import build_loaded, build_model, load_into
+from spa_export.checkpoint import load_state_dict_file
 from spa_export.errors import ArchitectureError, CheckpointError
 
 

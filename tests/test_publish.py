@@ -1,15 +1,19 @@
-"""Atomic publication of ``--out`` (spa_export.publish)."""
+"""Atomic publication of an output folder and of single files (spa_export.publish)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import stat
 from pathlib import Path
 
 import pytest
 
 from spa_export import publish as pub
-from spa_export.errors import InputError, InterruptedAfterPublish
+from spa_export.errors import InputError
+from spa_export.interrupts import InterruptedAfterPublish
+from spa_export.ownership import MARKER
 
 
 def _staged(parent: Path, out: Path, files: dict[str, bytes]) -> Path:
@@ -21,52 +25,74 @@ def _staged(parent: Path, out: Path, files: dict[str, bytes]) -> Path:
 
 
 def _contents(path: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.name != MARKER}
 
 
 def test_publish_creates_missing_parents_only_when_publishing(tmp_path: Path) -> None:
     out = tmp_path / "a" / "b" / "out"
     staging = _staged(tmp_path, out, {"model.onnx": b"new"})   # staged in the nearest existing ancestor
     assert not (tmp_path / "a").exists()
-    pub.publish(staging, out)
+    pub.publish_whole(staging, out)
     assert _contents(out) == {"model.onnx": b"new"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
-def test_publish_replaces_the_old_output_as_a_whole(tmp_path: Path) -> None:
+def test_published_folder_is_marked_and_takes_the_umask(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "model.onnx").write_bytes(b"old")
-    (out / "dense.onnx").write_bytes(b"old dense")              # not in the new build: must go
-    staging = _staged(tmp_path, out, {"model.onnx": b"new", "report.json": b"{}"})
-    pub.publish(staging, out)
-    assert _contents(out) == {"model.onnx": b"new", "report.json": b"{}"}
+    old = os.umask(0o022)
+    try:
+        pub.publish_whole(_staged(tmp_path, out, {"model.onnx": b"abc"}), out)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755   # not mkdtemp's 0o700
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["tool"] == "spa-export" and marker["kind"] == "build"
+    assert marker["files"] == {"model.onnx": {
+        "size": 3, "sha256": "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}}
+
+
+def test_publish_replaces_its_own_earlier_output_as_a_whole(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pub.publish_whole(_staged(tmp_path, out, {"model.onnx": b"old", "dense.onnx": b"old dense"}), out)
+    pub.publish_whole(_staged(tmp_path, out, {"model.onnx": b"new", "report.json": b"{}"}), out)
+    assert _contents(out) == {"model.onnx": b"new", "report.json": b"{}"}   # dense.onnx gone with the old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_ctrl_c_during_publication_waits_for_it_and_says_the_output_is_complete(
+def test_publish_refuses_a_file_that_appeared_during_the_build(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pub.publish_whole(_staged(tmp_path, out, {"model.onnx": b"old"}), out)
+    staging = _staged(tmp_path, out, {"model.onnx": b"new"})
+    (out / "notes.txt").write_bytes(b"written by the user while the build ran")
+    with pytest.raises(InputError, match="holds files spa-export did not write: notes.txt"):
+        pub.publish_whole(staging, out)
+    assert (out / "notes.txt").read_bytes() == b"written by the user while the build ran"
+    assert (out / "model.onnx").read_bytes() == b"old"
+
+
+def test_signal_during_publication_waits_for_it_and_says_the_output_is_complete(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "model.onnx").write_bytes(b"old")
+    pub.publish_whole(_staged(tmp_path, out, {"model.onnx": b"old"}), out)
     staging = _staged(tmp_path, out, {"model.onnx": b"new"})
     real = pub.publish
 
-    def interrupted_midway(staging: Path, out: Path) -> None:
-        os.kill(os.getpid(), signal.SIGINT)   # the handler runs at once, in this thread
-        real(staging, out)
+    def interrupted_midway(staging: Path, out: Path, **kw: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)   # the handler runs at once, in this thread
+        real(staging, out, **kw)
 
     monkeypatch.setattr(pub, "publish", interrupted_midway)
     with pytest.raises(InterruptedAfterPublish) as caught:
         pub.publish_whole(staging, out)
-    assert caught.value.out == out
-    assert str(caught.value) == f"interrupted: {out} was already written in full"
+    assert caught.value.out == out and caught.value.signum == signal.SIGTERM
+    assert str(caught.value) == f"terminated: {out} was already written in full"
     assert _contents(out) == {"model.onnx": b"new"}
     assert not staging.exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_publication_without_ctrl_c_returns_quietly(tmp_path: Path) -> None:
+def test_publication_without_a_signal_returns_quietly(tmp_path: Path) -> None:
     out = tmp_path / "out"
     pub.publish_whole(_staged(tmp_path, out, {"x": b"1"}), out)
     assert _contents(out) == {"x": b"1"}
@@ -77,9 +103,9 @@ def test_an_ignored_sigint_stays_ignored(tmp_path: Path, monkeypatch: pytest.Mon
     staging = _staged(tmp_path, out, {"x": b"1"})
     real = pub.publish
 
-    def interrupted_midway(staging: Path, out: Path) -> None:
+    def interrupted_midway(staging: Path, out: Path, **kw: object) -> None:
         os.kill(os.getpid(), signal.SIGINT)
-        real(staging, out)
+        real(staging, out, **kw)
 
     monkeypatch.setattr(pub, "publish", interrupted_midway)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -91,18 +117,26 @@ def test_an_ignored_sigint_stays_ignored(tmp_path: Path, monkeypatch: pytest.Mon
     assert _contents(out) == {"x": b"1"}
 
 
-@pytest.mark.parametrize("kind", ["file", "unwritable"])
-def test_check_out_dir_refuses(tmp_path: Path, kind: str) -> None:
-    if kind == "file":
-        out = tmp_path / "out"
-        out.write_text("x")
-        expect = "exists and is not a directory"
-    else:
-        if os.geteuid() == 0:
-            pytest.skip("root can write in a read-only directory")
-        ro = tmp_path / "ro"
-        ro.mkdir(mode=0o555)
-        out = ro / "out"
-        expect = "cannot write in"
-    with pytest.raises(InputError, match=expect):
-        pub.check_out_dir(out)
+def test_staging_name_fits_the_file_system_whatever_the_output_name(tmp_path: Path) -> None:
+    out = tmp_path / ("n" * 250)    # a legal name; ".<name>.staging-XXXX" would not be
+    staging = pub.staging_dir(out)
+    assert len(staging.name) < 100
+    pub.publish_whole(staging, out)
+    assert out.is_dir()
+
+
+def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path: Path) -> None:
+    target = tmp_path / "result.json"
+    target.write_bytes(b"before")
+
+    def fails(fh: object) -> None:
+        fh.write(b"half")  # type: ignore[attr-defined]
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        pub.atomic_write(target, fails)
+    assert target.read_bytes() == b"before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+    pub.atomic_write_bytes(target, b"after")
+    assert target.read_bytes() == b"after"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-INTERRUPTED = "interrupted: nothing was written"
-
 
 def run() -> None:
     """The console script: Ctrl-C while the CLI itself is still being imported exits 130 quietly too."""
@@ -13,7 +11,7 @@ def run() -> None:
         import os
         import sys
 
-        sys.stderr.write(INTERRUPTED + "\n")
+        sys.stderr.write("interrupted: nothing was written\n")
         sys.stderr.flush()
         os._exit(130)
     main()

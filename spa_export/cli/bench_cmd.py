@@ -70,32 +70,43 @@ def format_table(result: Mapping[str, Any], labels: Sequence[str]) -> str:
               help="Batch size to time (repeat the option for several).")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "all"]), default="cpu",
               show_default=True, help="Where to time; 'all' skips a missing GPU with a note.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="ONNX Runtime intra-op threads [default: physical cores].")
-@click.option("--budget", "budget_s", type=click.FloatRange(min=0.0, min_open=True),
-              default=2.0, show_default=True,
-              help="Seconds of timing per model and batch size, unless stable earlier.")
+@click.option("--threads", type=int, default=None,
+              help="ONNX Runtime intra-op threads, at most the CPUs this process may use "
+                   "[default: physical cores].")
+@click.option("--budget", "budget_s", type=float, default=2.0, show_default=True,
+              help="Seconds of timing per model and batch size, unless stable earlier (at most 3600).")
 @click.option("--precision", type=click.Choice(["both", "fp32", "fp16"]), default="both",
               show_default=True, help="TensorRT engine precisions to time on the GPU.")
 @click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "layout", "all"]),
               default="all", show_default=True, help="ONNX Runtime graph optimisation level.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Write the full results as JSON here.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path),
+              default=None, help="Write the full results as JSON here (never over a model).")
+@click.option("--force", is_flag=True, help="Replace an existing --json file.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def bench(
     models: tuple[Path, ...], batches: tuple[int, ...], device: str, threads: int | None,
-    budget_s: float, precision: str, opt_level: str, json_out: Path | None, quiet: bool,
+    budget_s: float, precision: str, opt_level: str, json_out: Path | None, force: bool, quiet: bool,
 ) -> None:
     """Time MODEL (an .onnx file, or a TensorRT .engine on the GPU); given MODEL and
     MODEL2, time them alternately as dense and pruned and print the speedup."""
+    from spa_export import validate
+    from spa_export.memory import check_batches_fit
+    from spa_export.ownership import check_out_file
     from spa_export.runtime.bench import benchmark
+    from spa_export.runtime.footprint import largest_activation_bytes
 
     if len(models) > 2:
         raise InputError(f"give one or two models, got {len(models)}")
     for path in models:
         require_file(path)
-    if any(b < 1 for b in batches):
-        raise InputError(f"batch sizes must be positive, got {list(batches)}")
+    batches = validate.batches(batches, "--batch")
+    threads = validate.threads(threads, "--threads")
+    budget_s = validate.budget(budget_s, "--budget")
+    if json_out is not None:
+        json_out = check_out_file(json_out, inputs=models, option="--json", force=force)
+    for path in models:
+        if path.suffix == ".onnx":
+            check_batches_fit(largest_activation_bytes(path), {"--batch": max(batches)}, str(path))
     labels = ["dense", "pruned"] if len(models) == 2 else [models[0].stem]
     show = not quiet and sys.stderr.isatty()
 
@@ -111,12 +122,13 @@ def bench(
     gpu = result.get("gpu") or {}
     if device != "cpu" and gpu.get("status") == "skipped":
         click.echo(f"GPU skipped: {gpu.get('reason')}")
-    for row in result.get("accuracy") or []:
+    for row in result.get("gpu_numerics") or []:
         verdict = "ok" if row["passed"] else "OUTSIDE TOLERANCE"
         click.echo(f"TensorRT {row['precision']} vs ONNX Runtime, {row['model']} batch "
                    f"{row['batch']}: max abs err {row['max_abs_err']:.3g} ({verdict})")
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        from spa_export.publish import atomic_write_bytes
+
+        atomic_write_bytes(json_out, (json.dumps(result, indent=2) + "\n").encode())
         if show:
             click.echo(f"wrote {json_out}", err=True)

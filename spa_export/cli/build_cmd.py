@@ -1,106 +1,45 @@
-"""``spa-export build``: base + SPA -> pruned, verified ONNX and a report."""
+"""``spa-export build``: base + SPA -> pruned, verified ONNX; or a recipe's tasks -> a release package."""
 
 from __future__ import annotations
 
-import _thread
-import contextlib
-import os
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from spa_export.cli.options import ARCH_HELP, INPUT_SHAPE
 
 if TYPE_CHECKING:
+    from spa_export.package import PackageResult
     from spa_export.pipeline import BuildResult
 
-_IMPORT_MACHINERY = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
-
-
-def _importing(frame: FrameType | None) -> bool:
-    while frame is not None:
-        if frame.f_code.co_filename in _IMPORT_MACHINERY:
-            return True
-        frame = frame.f_back
-    return False
-
-
-@contextlib.contextmanager
-def _interrupts_wait_for_imports() -> Iterator[None]:
-    """Ctrl-C stops the build at once, except in the middle of an import: then right after it.
-
-    A KeyboardInterrupt raised inside a C extension's initialisation (numpy's,
-    torch's, onnx's) can come out as an ImportError that optional-import
-    guards in those libraries swallow: the library stays half-initialised and
-    the build goes on, to fail later with a traceback, or even to succeed and
-    publish. So while the main thread is importing, the interrupt waits
-    (checked again every 50 ms) and is raised once the import is done.
-    """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield  # not ours to change: a thread, an ignored SIGINT (background job), a caller's handler
-        return
-    active = True
-
-    def again() -> None:
-        if active:
-            _thread.interrupt_main()  # runs the handler below again in the main thread
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if active and _importing(frame):
-            timer = threading.Timer(0.05, again)
-            timer.daemon = True
-            timer.start()
-            return
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        active = False
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def _load_recipe(path: Path) -> dict:
-    import yaml
-
-    from spa_export.errors import InputError
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the recipe: {err.strerror or err}") from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise InputError(f"{path}: cannot read the recipe: not valid YAML{where}: {problem}") from err
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: a recipe is a mapping of option names to values")
-    base_dir = path.parent
-    out = {}
-    for key, value in data.items():
-        key = str(key).replace("-", "_")
-        if key in ("base", "spa", "out") and value is not None:
-            value = os.path.normpath(base_dir / str(value))
-        out[key] = value
-    return out
+#: Command-line option -> BuildOptions field, for the options a recipe may also set.
+_SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "threads": "threads",
+             "budget": "budget_s", "opset": "opset", "round_to": "round_to", "rtol": "rtol",
+             "atol": "atol_scale", "exporter": "exporter", "seed": "seed",
+             "ignore_base_digest": "ignore_base_digest", "inputs": "inputs"}
 
 
 @click.command("build")
-@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
-              help="A YAML file whose keys give defaults for the options below (paths relative to it).")
+@click.argument("recipe_arg", metavar="[RECIPE]", required=False, type=click.Path(path_type=Path))
+@click.option("--recipe", type=click.Path(path_type=Path),
+              help="A YAML recipe: one base, many tasks (the same as giving RECIPE).")
 @click.option("--base", type=click.Path(path_type=Path), help="Base checkpoint (.safetensors, .pt, .pth).")
-@click.option("--spa", "spa", type=click.Path(path_type=Path), help="The task's SPA file.")
+@click.option("--spa", "spa", type=click.Path(path_type=Path), help="The task's SPA file (without a recipe).")
 @click.option("--arch", help=ARCH_HELP)
 @click.option("--input-shape", type=INPUT_SHAPE, help="Export shape N,C,H,W; the batch axis stays dynamic.")
-@click.option("--out", type=click.Path(path_type=Path), help="Output directory (published atomically).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output folder: created, or replaced when it is empty or a previous spa-export output "
+                   "(never anything else); published whole or not at all.")
+@click.option("--task", "tasks", multiple=True, help="With a recipe: build only this task (repeatable).")
+@click.option("--shard", help="With a recipe: build part i of n (i/n, e.g. 2/4), for a CI job matrix; "
+                              "'spa-export assemble' merges the parts.")
+@click.option("-j", "--jobs", type=int, default=1, show_default=True,
+              help="With a recipe: tasks built side by side in this many processes.")
+@click.option("--layout", type=click.Choice(["plain", "triton"]), default=None,
+              help="With a recipe: 'triton' makes the package a Triton Inference Server model repository.")
+@click.option("--eval", "eval_data", type=click.Path(path_type=Path),
+              help="Without a recipe: an .npz evaluation set (x, y) for held-out accuracy.")
 @click.option("--bench", type=click.Choice(["none", "cpu", "gpu", "all"]), default=None,
               help="Time dense against pruned [default: none].")
 @click.option("--batch", "batches", type=int, multiple=True, help="Benchmark batch sizes [default: 1, 8].")
@@ -111,52 +50,108 @@ def _load_recipe(path: Path) -> dict:
               help="Keep every pruned group's channel count a multiple of N (exact: extra channels stay zero).")
 @click.option("--input", "inputs", type=click.Path(path_type=Path), multiple=True,
               help="A .npy input to verify on, besides seeded random ones (repeatable).")
-@click.option("--rtol", type=float, default=None, help="Verification relative tolerance [default: 1e-4].")
+@click.option("--rtol", type=float, default=None,
+              help="Verification relative tolerance, 0 (exact) to 1 [default: 1e-4].")
 @click.option("--atol", type=float, default=None,
-              help="Verification absolute tolerance, as a fraction of the output's scale [default: 1e-4].")
+              help="Verification absolute tolerance, as a fraction of the output's scale, 0 to 1 [default: 1e-4].")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default=None,
               help="torch.onnx exporter [default: torchscript].")
 @click.option("--ignore-base-digest", is_flag=True, help="Go on although the SPA names another base.")
-@click.option("--seed", type=int, default=None, help="Seed of the verification inputs [default: 0].")
+@click.option("--seed", type=int, default=None, help="Seed of the verification inputs, 0 or more [default: 0].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
-def build(recipe: Path | None, **given: object) -> None:
+def build(recipe_arg: Path | None, recipe: Path | None, tasks: tuple[str, ...], shard: str | None, jobs: int,
+          layout: str | None, eval_data: Path | None, **given: Any) -> None:
     """Merge, prune exactly, export ONNX, verify against the masked network.
 
-    Writes OUT/model.onnx, OUT/report.json and OUT/report.md (and OUT/dense.onnx
-    with --bench). Exit 1 when verification fails; nothing is published then.
+    \b
+    One task:  spa-export build --base B --spa S --input-shape 1,3,224,224 --out DIR
+               writes DIR/model.onnx, report.json, report.md (and dense.onnx,
+               latency.png with --bench).
+    A recipe:  spa-export build RECIPE.yaml [--out DIR]
+               writes DIR/<task>/... for every task, DIR/manifest.json and
+               DIR/summary.md.
+
+    Flags override the recipe's values. Exit 1 when verification fails;
+    nothing is published then.
     """
-    from spa_export.errors import InputError, InterruptedAfterPublish
-    from spa_export.pipeline import BuildOptions, parse_input_shape
+    from spa_export.errors import InputError
+    from spa_export.interrupts import InterruptedAfterPublish
+
+    if recipe_arg is not None and recipe is not None:
+        raise InputError("give the recipe once: as RECIPE or as --recipe")
+    recipe = recipe_arg or recipe
+    result: BuildResult | PackageResult | None = None
+    try:
+        if recipe is not None:
+            result = _build_recipe(recipe, tasks, shard, jobs, layout, eval_data, given)
+            _summarise_package(result)
+        else:
+            for flag, value in (("--task", tasks), ("--shard", shard), ("--layout", layout)):
+                if value:
+                    raise InputError(f"{flag} needs a recipe (spa-export build RECIPE.yaml {flag} ...)")
+            if jobs != 1:
+                raise InputError("-j needs a recipe: a single task is built in one process")
+            result = _build_one(eval_data, given)
+            _summarise(result, given.get("bench") or "none")
+    except KeyboardInterrupt as stop:
+        if result is None or isinstance(stop, InterruptedAfterPublish):
+            raise
+        raise InterruptedAfterPublish(result.out, getattr(stop, "signum", 2)) from None
+
+
+def _settings(given: dict[str, Any]) -> dict[str, Any]:
+    """The BuildOptions fields the user gave on the command line (None and empty mean not given)."""
+    out = {}
+    for option, target in _SETTINGS.items():
+        value = given.get(option)
+        if value not in (None, (), False):
+            out[target] = tuple(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _build_one(eval_data: Path | None, given: dict[str, Any]) -> BuildResult:
+    from spa_export.errors import InputError
+    from spa_export.pipeline import BuildOptions
     from spa_export.pipeline import build as run_build
 
-    values = _load_recipe(recipe) if recipe else {}
-    for key, value in given.items():
-        if value not in (None, (), False) or key not in values:
-            values[key] = value
     for key in ("base", "spa", "out", "input_shape"):
-        if not values.get(key):
-            raise InputError(f"missing --{key.replace('_', '-')} (see spa-export build --help)")
-    shape = values["input_shape"]
-    shape = shape if isinstance(shape, tuple) else parse_input_shape(str(shape))
-    opts = BuildOptions(
-        base=Path(values["base"]), spa=Path(values["spa"]), out=Path(values["out"]), input_shape=shape,
-        arch=values.get("arch"), opset=values.get("opset") or 17, bench=values.get("bench") or "none",
-        round_to=values.get("round_to") or 1, ignore_base_digest=bool(values.get("ignore_base_digest")),
-        inputs=tuple(Path(p) for p in values.get("inputs") or ()),
-        rtol=values.get("rtol") or 1e-4, atol_scale=values.get("atol") or 1e-4,
-        seed=values.get("seed") or 0, exporter=values.get("exporter") or "torchscript",
-        bench_batches=tuple(values.get("batches") or (1, 8)), threads=values.get("threads"),
-        budget_s=values.get("budget") or 2.0, quiet=bool(values.get("quiet")),
-    )
-    result = None
-    try:
-        with _interrupts_wait_for_imports():
-            result = run_build(opts)
-        _summarise(result, opts.bench)
-    except KeyboardInterrupt:
-        if result is None:
-            raise
-        raise InterruptedAfterPublish(result.out) from None  # published in full: say so
+        if given.get(key) is None:
+            raise InputError(f"missing --{key.replace('_', '-')} (or give a recipe; see spa-export build --help)")
+    opts = BuildOptions(base=given["base"], spa=given["spa"], out=given["out"],
+                        input_shape=given["input_shape"], eval_data=eval_data, quiet=bool(given.get("quiet")),
+                        **_settings(given))
+    return run_build(opts)
+
+
+def _build_recipe(path: Path, tasks: tuple[str, ...], shard: str | None, jobs: int, layout: str | None,
+                  eval_data: Path | None, given: dict[str, Any]) -> PackageResult:
+    from dataclasses import replace
+
+    from spa_export import validate
+    from spa_export.errors import InputError
+    from spa_export.package import PackageOptions, build_package, parse_shard
+    from spa_export.recipe import load_recipe
+
+    if given.get("spa") is not None:
+        raise InputError("--spa with a recipe: the recipe lists its tasks; use --task NAME to build one")
+    if eval_data is not None:
+        raise InputError("--eval with a recipe: give each task's eval: in the recipe")
+    r = load_recipe(path)
+    changes: dict[str, Any] = {}
+    if given.get("base") is not None:
+        changes["base"] = given["base"]
+    if given.get("input_shape") is not None:
+        changes["input_shape"] = given["input_shape"]
+    if layout is not None:
+        changes["layout"] = layout
+    r = replace(r, **changes)
+    out = given.get("out") or r.out
+    if out is None:
+        raise InputError(f"{path}: no out: in the recipe; pass --out")
+    opts = PackageOptions(recipe=r, out=Path(out), tasks=tasks, shard=parse_shard(shard) if shard else None,
+                          jobs=validate.jobs(jobs, "-j"), quiet=bool(given.get("quiet")),
+                          overrides=_settings(given))
+    return build_package(opts)
 
 
 def _summarise(result: BuildResult, bench: str) -> None:
@@ -169,9 +164,28 @@ def _summarise(result: BuildResult, bench: str) -> None:
         f"{r['macs']['pruned']:,} ({r['macs']['pruned'] / max(r['macs']['dense'], 1):.1%}); "
         f"verified: worst relative error {max((c.get('max_rel_err', 0) for c in ver['cases']), default=0):.2e}"
     )
+    if r.get("accuracy"):
+        a = r["accuracy"]
+        click.echo(f"  accuracy on {a['dataset']} ({a['split']}, {a['n']}): reference {a['reference']:.2%}, "
+                   f"exported {a['exported']:.2%}")
     for s in r.get("speedup", []):
         click.echo(f"  {s['device']} {s['runtime']} batch {s['batch']}: {s['dense_p50_ms']:.3f} ms -> "
                    f"{s['pruned_p50_ms']:.3f} ms (x{s['speedup']:.2f})")
     gpu = r.get("gpu")
     if gpu and gpu.get("status") == "skipped" and bench in ("gpu", "all"):
         click.echo(f"  gpu: skipped ({gpu.get('reason')})")
+
+
+def _summarise_package(result: PackageResult) -> None:
+    """One line per task, then where the package and its summary are."""
+    for name, r in result.reports.items():
+        acc = r.get("accuracy")
+        accuracy = f", accuracy {acc['reference']:.2%} (exported {acc['exported']:.2%})" if acc else ""
+        speed = next((s for s in r.get("speedup", []) if s["batch"] == min(x["batch"] for x in r["speedup"])), None)
+        timing = f", x{speed['speedup']:.2f} at batch {speed['batch']} ({speed['device']})" if speed else ""
+        click.echo(f"  {name}: params {r['params']['pruned'] / max(r['params']['dense'], 1):.1%} of dense, "
+                   f"MACs {r['macs']['pruned'] / max(r['macs']['dense'], 1):.1%}{accuracy}{timing}; verified")
+    part = result.manifest.get("part")
+    kind = f"package part ({len(part['tasks'])} of {len(part['of'])} tasks)" if part else "package"
+    click.echo(f"{kind}: {result.out}")
+    click.echo(f"summary: {result.out / 'summary.md'}")

@@ -22,22 +22,30 @@ from spa_export.errors import InputError, require_file
                    "[default: MODEL's stem + .fp16/.fp32.engine].")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TensorRT timing cache to reuse and update.")
-@click.option("--workspace-mb", type=click.IntRange(min=1), default=2048, show_default=True,
+@click.option("--workspace-mb", type=click.IntRange(min=1, max=1 << 20), default=2048, show_default=True,
               help="Builder workspace limit in MiB.")
+@click.option("--force", is_flag=True, help="Replace an existing engine file (never MODEL itself).")
 def engine(
     model: Path, fp16: bool, batches: tuple[int, ...], out_path: Path | None,
-    timing_cache: Path | None, workspace_mb: int,
+    timing_cache: Path | None, workspace_mb: int, force: bool,
 ) -> None:
     """Build a TensorRT engine of MODEL.onnx for this machine's GPU, with its
     metadata (TensorRT version, GPU, precision, batches, ONNX sha256) beside it."""
-    from spa_export.runtime.engine import build_engine
+    from spa_export import validate
+    from spa_export.ownership import check_out_file
+    from spa_export.runtime.engine import build_engine, engine_path_for
     from spa_export.runtime.tensorrt import metadata_path
 
     require_file(model)
     if model.suffix != ".onnx":
         raise InputError(f"{model}: expected an ONNX file (.onnx)")
+    batches = validate.batches(batches, "--batch")
     if out_path is None:
         out_path = model.with_name(f"{model.stem}.{'fp16' if fp16 else 'fp32'}.engine")
+    inputs = [model, *([timing_cache] if timing_cache is not None else [])]
+    target = engine_path_for(out_path)
+    check_out_file(target, inputs=inputs, option="--out", force=force)
+    check_out_file(metadata_path(target), inputs=inputs, option="--out (its metadata file)", force=force)
 
     def progress(message: str) -> None:
         click.echo(message, err=True)

@@ -15,44 +15,47 @@ import traceback
 
 import click
 
-from spa_export import __version__
-from spa_export.cli import INTERRUPTED
-from spa_export.errors import InterruptedAfterPublish, SpaExportError
+from spa_export import __version__, interrupts
+from spa_export.errors import SpaExportError, os_error_message, shown
 
 
 class _Group(click.Group):
-    """A click group that turns our typed errors into clean exits."""
+    """A click group that turns our typed errors and the signals into clean exits."""
 
     def invoke(self, ctx: click.Context) -> object:
+        debug = bool(ctx.obj and ctx.obj.get("debug"))
         try:
-            return super().invoke(ctx)
+            with interrupts.raised():
+                return super().invoke(ctx)
         except SpaExportError as err:
-            if ctx.obj and ctx.obj.get("debug"):
-                traceback.print_exc()
-            click.echo(f"error: {_one_line(err)}", err=True)
-            ctx.exit(err.exit_code)
-        except InterruptedAfterPublish as done:  # the output is complete: say so
-            click.echo(str(done), err=True)
-            ctx.exit(130)
-        except KeyboardInterrupt:
-            click.echo(INTERRUPTED, err=True)
-            ctx.exit(130)
+            _fail(ctx, debug, str(err), err.exit_code)
+        except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM; the output is complete if it says so
+            click.echo(interrupts.message(stop), err=True)
+            ctx.exit(interrupts.exit_code(stop))
         except MemoryError:
-            click.echo("error: out of memory", err=True)
-            ctx.exit(2)
+            _fail(ctx, debug, "out of memory; nothing was written", 2)
+        except OSError as err:  # the machine's own failure: full disk, read-only file system...
+            _fail(ctx, debug, f"{os_error_message(err)}; nothing was written", 2)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as err:  # a bug of ours: one line, the traceback with --debug
-            if ctx.obj and ctx.obj.get("debug"):
-                traceback.print_exc()
-            click.echo(f"error: internal error ({type(err).__name__}: {_one_line(err)[:300]}); "
-                       "nothing was written. Run with --debug for the traceback and please report it",
-                       err=True)
-            ctx.exit(2)
+            _fail(ctx, debug, f"internal error ({type(err).__name__}: {_one_line(err)[:300]}); nothing "
+                  "was written. Run with --debug for the traceback and please report it", 2)
         return None
 
 
-def _one_line(err: BaseException) -> str:
+#: The longest error line printed (a message quoting many names is cut).
+MAX_ERROR_CHARS = 2000
+
+
+def _fail(ctx: click.Context, debug: bool, text: str, code: int) -> None:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"error: {shown(_one_line(text), MAX_ERROR_CHARS)}", err=True)
+    ctx.exit(code)
+
+
+def _one_line(err: object) -> str:
     """The message on one line: wrapped third-party messages (YAML, numpy) may span several."""
     return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
@@ -65,7 +68,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """Turn a frozen base network plus one task's SPA file into the smallest
     network that computes exactly what the task's masked network computes.
 
-    Exit codes: 0 success, 1 verification failed, 2 bad input or usage.
+    Exit codes: 0 success, 1 verification failed, 2 bad input, usage or a
+    failure of the machine (full disk), 130 Ctrl-C, 143 SIGTERM. Outputs are
+    spa-export's own folders: an existing one is replaced only when it is
+    empty or a previous spa-export output; nothing else is ever deleted.
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -83,22 +89,22 @@ def main() -> None:
     try:
         _register()
         cli(prog_name="spa-export")
-    except KeyboardInterrupt:  # Ctrl-C before the group's own handler is in place
-        click.echo(INTERRUPTED, err=True)
-        _exit_interrupted()
+    except KeyboardInterrupt as stop:  # a signal before the group's own handler is in place
+        click.echo(interrupts.message(stop), err=True)
+        _exit_now(interrupts.exit_code(stop))
     except SystemExit as done:
-        if done.code == 130:
-            _exit_interrupted()
+        if done.code in (130, 143):
+            _exit_now(int(done.code))
         raise
 
 
-def _exit_interrupted() -> None:
+def _exit_now(code: int) -> None:
     # A KeyboardInterrupt that crossed C code running Python through PyRun_* (as
     # extension modules' initialisation may) makes CPython kill itself with SIGINT at
-    # exit, whatever the exit code: end here so that the code is 130 as documented.
+    # exit, whatever the exit code: end here so that the code is the documented one.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(130)
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

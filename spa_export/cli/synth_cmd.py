@@ -30,7 +30,7 @@ def synth(arch: str, input_shape: tuple, prune: float, rank: int, seed: int, mas
     """Write an SPA with random adapters and masks (for tests and what-if questions)."""
     from safetensors.torch import save_file
 
-    from spa_export.arch import load_state_dict_file
+    from spa_export.checkpoint import load_state_dict_file
     from spa_export.spa import write_spa
     from spa_export.synth import random_base, synth_spa
 

@@ -163,15 +163,31 @@ def _gpu(report: Mapping[str, Any]) -> list[str]:
         lines += [f"GPU benchmark skipped: {gpu.get('reason') or 'no reason given'}.", ""]
     elif gpu.get("reason"):
         lines += [f"GPU note: {gpu['reason']}.", ""]
-    accuracy = report.get("accuracy") or []
-    if accuracy:
+    numerics = report.get("gpu_numerics") or []
+    if numerics:
         lines += ["TensorRT outputs against ONNX Runtime on the CPU:", ""]
         lines += _table(("Model", "Precision", "Batch", "Max abs err", "Err / scale", "Result"),
                         [(a.get("model"), a.get("precision"), a.get("batch"),
                           _sci(a.get("max_abs_err")), _sci(a.get("max_err_over_scale")),
                           "within tolerance" if a.get("passed") else "**outside tolerance**")
-                         for a in accuracy]) + [""]
+                         for a in numerics]) + [""]
     return lines
+
+
+def _accuracy(report: Mapping[str, Any]) -> list[str]:
+    a = report.get("accuracy")
+    if not isinstance(a, Mapping):
+        return []
+    agree = a.get("agreeing_predictions")
+    return ["## Held-out accuracy", "",
+            *_table(("Data", "Split", "Samples", "Masked reference", "Exported ONNX", "Same prediction"),
+                    [(a.get("dataset"), a.get("split"), a.get("n"), _pct(a.get("reference")),
+                      _pct(a.get("exported")), f"{agree} of {a.get('n')}" if agree is not None else "n/a")]),
+            ""]
+
+
+def _pct(value: object) -> str:
+    return f"{value:.2%}" if isinstance(value, (int, float)) else "n/a"
 
 
 def _groups(report: Mapping[str, Any]) -> list[str]:
@@ -238,6 +254,7 @@ def render_markdown(report: Mapping[str, Any], plot_name: str | None = None) -> 
     title = f"# spa-export report: {report['task']}" if report.get("task") else "# spa-export report"
     lines = [title, ""]
     lines += _summary(report)
+    lines += _accuracy(report)
     lines += _latency(report, plot_name)
     lines += _gpu(report)
     lines += _groups(report)

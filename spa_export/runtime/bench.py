@@ -126,7 +126,7 @@ def _time_group(
     return entries, feeds
 
 
-def _accuracy(
+def _numerics(
     onnx_models: Mapping[str, Path], engines: Mapping[str, Path], feeds: Mapping[int, Feed],
     precision: str, threads: int | None,
 ) -> list[dict[str, Any]]:
@@ -203,7 +203,7 @@ def _gpu_part(
                 entries, feeds = _time_group(runners, batches, seed, config, progress,
                                              f"gpu tensorrt {precision}")
                 result["latency"].extend(entries)
-                result["accuracy"].extend(_accuracy(models, engines, feeds, precision, threads))
+                result["gpu_numerics"].extend(_numerics(models, engines, feeds, precision, threads))
                 ran = True
     if not ran:
         return "; ".join(notes) or "nothing could run on the GPU"
@@ -230,7 +230,7 @@ def benchmark(
 
     ``fp16``: None times float32 and float16 engines, True float16 only, False
     float32 only. ``timing`` overrides ``budget_s``. Returns ``{"latency",
-    "speedup", "environment", "gpu", "accuracy", "config"}``.
+    "speedup", "environment", "gpu", "gpu_numerics", "config"}``.
     """
     if not models:
         raise InputError("no model to benchmark")
@@ -254,7 +254,7 @@ def benchmark(
     result: dict[str, Any] = {
         "latency": [], "speedup": [], "environment": collect_environment(),
         "gpu": {"status": "skipped", "reason": "not requested (device cpu)"},
-        "accuracy": [],
+        "gpu_numerics": [],
         "config": {"device": device, "batches": batch_list, "budget_s": config.budget_s,
                    "min_iterations": config.min_iterations, "seed": seed},
     }

@@ -15,13 +15,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from spa_export import __version__
 from spa_export.errors import BuildError, InputError, require_file
+from spa_export.publish import atomic_write, atomic_write_bytes
 from spa_export.runtime.tensorrt import gpu_device_info, metadata_path, require_gpu
 
 Shape = tuple[int, ...]
@@ -137,16 +137,12 @@ def build_engine(
         raise BuildError(f"{onnx_path}: TensorRT could not build an engine: {err}") from err
 
     engine_path = engine_path_for(out_path)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine_path.with_name(engine_path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(memoryview(serialized))
-    os.replace(tmp, engine_path)
     meta = engine_metadata(
         onnx_path, trt_version=trt.__version__, gpu=gpu_device_info(), fp16=fp16,
         shapes=shapes, batches=batches, workspace_mb=workspace_mb,
     )
-    metadata_path(engine_path).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    atomic_write(engine_path, lambda fh: fh.write(memoryview(serialized)))
+    atomic_write_bytes(metadata_path(engine_path), (json.dumps(meta, indent=2) + "\n").encode())
     return engine_path
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from spa_export.errors import SpaFormatError
+from spa_export.errors import SpaFormatError, shown
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_NDIM = 32
@@ -77,19 +78,19 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise ValueError(f"duplicate key '{k}' in header JSON")
+            raise ValueError(f"duplicate key '{shown(k)}' in header JSON")
         out[k] = v
     return out
 
 
-def parse_header(data: bytes, path: object = None) -> Header:
-    """Validate and decode the header of safetensors bytes ``data``."""
-    if len(data) < 8:
+def header_length(prefix: bytes, total: int, path: object = None) -> int:
+    """The header length ``n`` from a file's first 8 bytes, checked against the file's ``total`` size."""
+    if total < 8 or len(prefix) < 8:
         raise SpaFormatError(
-            f"not a safetensors file: {len(data)} bytes, too short for the 8-byte header length",
+            f"not a safetensors file: {total} bytes, too short for the 8-byte header length",
             path=path,
         )
-    (n,) = struct.unpack("<Q", data[:8])
+    (n,) = struct.unpack("<Q", prefix[:8])
     if n < 2:
         raise SpaFormatError(f"not a safetensors file: header length {n} is too small", path=path)
     if n > MAX_HEADER_BYTES:
@@ -97,12 +98,40 @@ def parse_header(data: bytes, path: object = None) -> Header:
             f"not a safetensors file: header length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes",
             path=path,
         )
-    if n > len(data) - 8:
+    if n > total - 8:
         raise SpaFormatError(
             f"truncated or not a safetensors file: header length {n} exceeds the "
-            f"{len(data) - 8} bytes after the length field",
+            f"{total - 8} bytes after the length field",
             path=path,
         )
+    return n
+
+
+def read_header(path: Path) -> Header:
+    """Validate the header of the safetensors file at ``path``, reading the header alone.
+
+    Sizes, shapes and offsets are checked against the file's real size, so a
+    file whose header claims more than it holds is refused before a byte of
+    its data is read.
+    """
+    total = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        n = header_length(prefix, total, path)
+        prefix += f.read(n)
+    return parse_header(prefix, path, total=total)
+
+
+def parse_header(data: bytes, path: object = None, *, total: int | None = None) -> Header:
+    """Validate and decode the header of safetensors bytes ``data``.
+
+    ``data`` is the whole file, or its first bytes up to the end of the header
+    with ``total`` the whole file's size.
+    """
+    total = len(data) if total is None else total
+    n = header_length(data, total, path)
+    if len(data) < 8 + n:
+        raise SpaFormatError("truncated header", path=path)
     try:
         text = data[8 : 8 + n].decode("utf-8")
     except UnicodeDecodeError as e:
@@ -113,7 +142,7 @@ def parse_header(data: bytes, path: object = None) -> Header:
         obj = json.loads(text, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError) as e:
         raise SpaFormatError(
-            f"not a safetensors file: header is not valid JSON ({e})", path=path
+            f"not a safetensors file: header is not valid JSON ({shown(e)})", path=path
         ) from None
     if not isinstance(obj, dict):
         raise SpaFormatError(
@@ -121,7 +150,7 @@ def parse_header(data: bytes, path: object = None) -> Header:
             path=path,
         )
     data_start = 8 + n
-    data_len = len(data) - data_start
+    data_len = total - data_start
 
     meta_raw = obj.pop("__metadata__", {})
     if not isinstance(meta_raw, dict):
@@ -132,7 +161,8 @@ def parse_header(data: bytes, path: object = None) -> Header:
     for k, v in meta_raw.items():
         if not isinstance(v, str):
             raise SpaFormatError(
-                f"__metadata__ value of '{k}' must be a string, got {json.dumps(v)[:60]}", path=path
+                f"__metadata__ value of '{shown(k)}' must be a string, got {shown(json.dumps(v), 60)}",
+                path=path,
             )
     metadata: dict[str, str] = dict(meta_raw)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load as _st_load
 
-from spa_export.errors import SpaFormatError
-from spa_export.spa.header import parse_header
+from spa_export.errors import SpaFormatError, shown
+from spa_export.spa.header import parse_header, read_header
 from spa_export.spa.model import (
     OVERRIDE_PREFIX,
     LayerSpa,
@@ -45,10 +45,18 @@ def read_spa(path: str | os.PathLike[str]) -> SpaFile:
                 f"file is {size} bytes, more than the {MAX_FILE_BYTES} bytes an SPA file may have",
                 path=p,
             )
+        if size == 0:
+            raise SpaFormatError("empty file, not a safetensors file", path=p)
+        # The header alone first: a file whose header is nonsense, or claims more data than the
+        # file holds, is refused before its data is read into memory.
+        header = read_header(p)
+        check_metadata(header.metadata, p)
         with open(p, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+            data = f.read(size + 1)
     except OSError as e:
         raise SpaFormatError(f"cannot read: {e.strerror or e}", path=p) from None
+    if len(data) != size:
+        raise SpaFormatError("the file changed while it was read", path=p)
     return parse_spa_bytes(data, path=p)
 
 
@@ -57,13 +65,13 @@ def check_metadata(metadata: dict[str, str], path: object = None) -> None:
     fmt = metadata.get("spa.format")
     ver = metadata.get("spa.version")
     if fmt != SPA_FORMAT:
-        found = "no spa.format" if fmt is None else f"spa.format '{fmt}'"
+        found = "no spa.format" if fmt is None else f"spa.format '{shown(fmt, 60)}'"
         raise SpaFormatError(
             f"not an SPA file: metadata has {found}, expected spa.format '{SPA_FORMAT}'",
             path=path,
         )
     if ver != SPA_VERSION:
-        found = "no spa.version" if ver is None else f"spa.version '{ver}'"
+        found = "no spa.version" if ver is None else f"spa.version '{shown(ver, 60)}'"
         raise SpaFormatError(
             f"unsupported SPA version: metadata has {found}, this reader knows "
             f"spa.version '{SPA_VERSION}'",
@@ -72,7 +80,7 @@ def check_metadata(metadata: dict[str, str], path: object = None) -> None:
     digest = metadata.get("spa.base_digest")
     if digest is not None and not _DIGEST_RE.fullmatch(digest):
         raise SpaFormatError(
-            f"spa.base_digest '{digest[:80]}' is not 'sha256:' followed by 64 lowercase hex digits",
+            f"spa.base_digest '{shown(digest, 80)}' is not 'sha256:' followed by 64 lowercase hex digits",
             path=path,
         )
 

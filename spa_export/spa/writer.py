@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -78,33 +76,17 @@ def spa_bytes(spa: SpaFile) -> bytes:
 
 
 def write_spa(spa: SpaFile, path: str | os.PathLike[str]) -> Path:
-    """Write ``spa`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    """Write ``spa`` to ``path`` atomically (temp file in the same directory, fsync, rename).
+
+    The caller decides whether ``path`` may be replaced
+    (:func:`spa_export.ownership.check_out_file`).
+    """
+    from spa_export.publish import atomic_write_bytes
+
     target = Path(path)
     data = spa_bytes(spa)
-    directory = target.parent if str(target.parent) else Path(".")
-    tmp_name = directory / f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-    # os.open with mode 0o666 lets the umask decide the permissions, as for open()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(tmp_name, flags, 0o666)
+        atomic_write_bytes(target, data)
     except OSError as e:
         raise InputError(f"{target}: cannot write: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, target)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        if isinstance(e, OSError):
-            raise InputError(f"{target}: cannot write: {e.strerror or e}") from e
-        raise
-    with contextlib.suppress(OSError):  # persist the rename; not possible everywhere
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
     return target

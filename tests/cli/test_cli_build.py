@@ -39,7 +39,7 @@ def test_build_the_shipped_example(example):
     r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
              str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out), "-q")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".spa-export", "model.onnx", "report.json", "report.md"]
     report = json.loads((out / "report.json").read_text())
     assert report["verification"]["passed"]
     # The example's masks are output-only at 50%: half of every prunable group goes, constants folded in.

@@ -15,5 +15,5 @@ def complete_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = invoke(["build", "--base", str(EXAMPLE_BASE), "--spa", str(EXAMPLE_SPA), "--input-shape",
                      "1,3,32,32", "--bench", "none", "--out", str(out), "-q"])
     assert result.exit_code == 0, (result.stderr, result.exception)
-    assert {p.name for p in out.iterdir()} == {"model.onnx", "report.json", "report.md"}
+    assert {p.name for p in out.iterdir()} == {".spa-export", "model.onnx", "report.json", "report.md"}
     return out

@@ -181,7 +181,7 @@ def test_ignore_base_digest_builds(cases: dict[str, Case], corpus: Corpus, tmp_p
     assert report["inputs"]["spa"]["base_digest"] == "sha256:" + "0" * 64
     assert report["inputs"]["base"]["digest"] == corpus.digest
     assert report["verification"]["passed"] is True
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".spa-export", "model.onnx", "report.json", "report.md"]
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
     assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == ["out"]
 

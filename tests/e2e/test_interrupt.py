@@ -10,6 +10,8 @@ example builds in seconds). Then:
   earlier build;
 * SIGINT: exit code 130, one ``interrupted:`` line (the last on stderr), no
   traceback, and no staging directory left behind;
+* SIGTERM (a CI runner cancelling the job): the same, with exit code 143 and
+  a ``terminated (SIGTERM):`` line;
 * SIGKILL: the process cannot clean up, so a hidden ``.out.staging-*``
   directory beside ``--out`` may remain; ``--out`` itself must be untouched,
   and the next build must still work.
@@ -39,7 +41,8 @@ import pytest
 from bad_inputs import EXAMPLE_BASE, EXAMPLE_SPA, HERE, cli_env, invoke, tree
 from held_cli import PUBLISHED
 
-INTERRUPTED = "interrupted: nothing was written"
+MESSAGES = {signal.SIGINT: "interrupted: nothing was written",
+            signal.SIGTERM: "terminated (SIGTERM): nothing was written"}
 PROGRESS = re.compile(r"^(\[\d+/\d+\] \w+ \.\.\.|      .*)$")   # stage lines of StageProgress
 
 
@@ -57,11 +60,14 @@ SCENARIOS = [
     Scenario("sigint-4s", signal.SIGINT, 4.0, True),
     Scenario("sigint-export", signal.SIGINT, "[5/7] export", True),
     Scenario("sigint-verify", signal.SIGINT, "[6/7] verify", False),
+    Scenario("sigterm-load", signal.SIGTERM, "[1/7] load", True),
+    Scenario("sigterm-verify", signal.SIGTERM, "[6/7] verify", False),
     Scenario("sigkill-1s", signal.SIGKILL, 1.0, True),
     Scenario("sigkill-export", signal.SIGKILL, "[5/7] export", False),
     Scenario("sigkill-verify", signal.SIGKILL, "[6/7] verify", True),
 ]
-AFTER_PUBLISH = Scenario("sigint-after-publish", signal.SIGINT, PUBLISHED, True, hold="after-publish")
+AFTER_PUBLISH = [Scenario("sigint-after-publish", signal.SIGINT, PUBLISHED, True, hold="after-publish"),
+                 Scenario("sigterm-after-publish", signal.SIGTERM, PUBLISHED, True, hold="after-publish")]
 
 
 @dataclass
@@ -136,7 +142,7 @@ def runs(complete_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         done = {s.id: _run(s, root / s.id, complete_build) for s in early}
         with ThreadPoolExecutor(max_workers=3) as pool:
             futures = {s.id: pool.submit(_run, s, root / s.id, complete_build)
-                       for s in [*SCENARIOS, AFTER_PUBLISH] if s not in early}
+                       for s in [*SCENARIOS, *AFTER_PUBLISH] if s not in early}
             done.update((k, f.result()) for k, f in futures.items())
         return done
     finally:
@@ -151,10 +157,10 @@ def test_interrupted_build_leaves_out_as_it_was(scenario: Scenario, runs: dict[s
     assert r.after == r.before, f"--out changed (signal after: {r.seen!r})"
     assert "Traceback" not in r.stderr + r.stdout, r.stderr
     beside = sorted(p.name for p in r.out.parent.iterdir() if p.name != "out")
-    if scenario.sig == signal.SIGINT:
-        assert r.code == 130, f"exit {r.code} (signal after: {r.seen!r}):\n{r.stderr}"
+    if scenario.sig in MESSAGES:
+        assert r.code == 128 + scenario.sig, f"exit {r.code} (signal after: {r.seen!r}):\n{r.stderr}"
         lines = r.stderr.splitlines()
-        assert lines[-1] == INTERRUPTED, r.stderr
+        assert lines[-1] == MESSAGES[scenario.sig], r.stderr
         others = [line for line in lines[:-1] if not PROGRESS.match(line)]
         assert not others, f"unexpected stderr lines {others}"
         assert beside == [], f"left behind: {beside}"
@@ -164,14 +170,16 @@ def test_interrupted_build_leaves_out_as_it_was(scenario: Scenario, runs: dict[s
         assert all(name.startswith(".out.staging-") for name in beside), beside
 
 
-def test_interrupt_after_publication_says_the_output_is_complete(runs: dict[str, Run]) -> None:
-    r = runs[AFTER_PUBLISH.id]
+@pytest.mark.parametrize("scenario", AFTER_PUBLISH, ids=lambda s: s.id)
+def test_interrupt_after_publication_says_the_output_is_complete(scenario: Scenario, runs: dict[str, Run]) -> None:
+    r = runs[scenario.id]
     assert r.fired, f"the build ended (exit {r.code}) before the signal could be sent:\n{r.stderr}"
-    assert r.code == 130, r.stderr
-    assert r.stderr.splitlines()[-1] == f"interrupted: {r.out} was already written in full", r.stderr
+    assert r.code == 128 + scenario.sig, r.stderr
+    word = "interrupted" if scenario.sig == signal.SIGINT else "terminated"
+    assert r.stderr.splitlines()[-1] == f"{word}: {r.out} was already written in full", r.stderr
     assert "Traceback" not in r.stderr + r.stdout, r.stderr
     assert isinstance(r.after, dict) and isinstance(r.before, dict)
-    assert sorted(r.after) == ["model.onnx", "report.json", "report.md"]
+    assert sorted(r.after) == [".spa-export", "model.onnx", "report.json", "report.md"]
     # a new build, not the earlier one: the stage times in report.json always differ
     assert r.after["report.json"] != r.before["report.json"]
     assert json.loads(r.after["report.json"][1])["verification"]["passed"] is True
@@ -184,5 +192,5 @@ def test_build_after_a_killed_build(runs: dict[str, Run]) -> None:
     result = invoke(["build", "--base", str(EXAMPLE_BASE), "--spa", str(EXAMPLE_SPA), "--input-shape",
                      "1,3,32,32", "--bench", "none", "--out", str(r.out), "-q"])
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in r.out.iterdir()) == ["model.onnx", "report.json", "report.md"]
+    assert sorted(p.name for p in r.out.iterdir()) == [".spa-export", "model.onnx", "report.json", "report.md"]
 

@@ -327,7 +327,7 @@ def test_random_masks_full_build(arch: str, recipe: Recipe, bases: Bases, tmp_pa
         assert not out.exists()
         return
     assert result.report["verification"]["passed"]
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".spa-export", "model.onnx", "report.json", "report.md"]
 
 
 # --------------------------------------------------------------------------- (b) mutated bytes

@@ -102,7 +102,7 @@ def test_gpu_entries_and_accuracy() -> None:
     gpu = {"device": "gpu", "runtime": "tensorrt", "provider": "TensorRT", "precision": "fp16"}
     report = {"latency": [{**_entry("dense", 1, 1.0), **gpu}, {**_entry("pruned", 1, 0.5), **gpu}],
               "gpu": {"status": "ok", "reason": None},
-              "accuracy": [{"model": "dense", "precision": "fp16", "batch": 1,
+              "gpu_numerics": [{"model": "dense", "precision": "fp16", "batch": 1,
                             "max_abs_err": 1e-3, "max_err_over_scale": 1e-4, "passed": True}]}
     md = render_markdown(report, None)
     assert "| gpu | tensorrt fp16 | 1 | 1 |" in md and "×2.00 | n/a |" in md

@@ -166,5 +166,5 @@ def test_gpu_benchmark(trt_gpu: None, tmp_path: Path) -> None:
     for e in trt_entries:
         assert e["h2d_ms"] >= 0 and e["d2h_ms"] >= 0
         assert e["p50_ms"] <= e["p90_ms"] <= e["p99_ms"]
-    assert len(result["accuracy"]) == 2 * 2 * 2
-    assert all(row["passed"] for row in result["accuracy"])
+    assert len(result["gpu_numerics"]) == 2 * 2 * 2
+    assert all(row["passed"] for row in result["gpu_numerics"])

@@ -185,9 +185,20 @@ def test_write_failure_leaves_old_file_and_no_temp(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["task.spa"]
 
 
-def test_write_into_missing_directory(tmp_path: Path) -> None:
+def test_write_into_missing_directory_creates_it(tmp_path: Path) -> None:
+    write_spa(full_spa(), tmp_path / "missing" / "x.spa")
+    assert read_spa(tmp_path / "missing" / "x.spa") == full_spa()
+
+
+def test_failed_write_removes_the_folders_it_created(tmp_path: Path) -> None:
+    blocked = tmp_path / "ro"
+    blocked.mkdir()
+    (blocked / "a").write_bytes(b"a file where a folder is needed")
     with pytest.raises(InputError, match="cannot write"):
-        write_spa(full_spa(), tmp_path / "missing" / "x.spa")
+        write_spa(full_spa(), blocked / "a" / "b" / "x.spa")
+    with pytest.raises(InputError, match="cannot write"):
+        write_spa(full_spa(), tmp_path / "new" / "deeper" / ("x" * 300 + ".spa"))  # name too long
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"]
 
 
 def test_writer_refuses_unknown_version() -> None:

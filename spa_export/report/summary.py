@@ -1,0 +1,81 @@
+"""summary.md of a package: its tasks side by side, from the manifest and the tasks' reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from spa_export.report.markdown import _table
+
+
+def _pct(value: object) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _fraction(part: object, whole: object) -> str:
+    if not isinstance(part, (int, float)) or not isinstance(whole, (int, float)) or not whole:
+        return "n/a"
+    return f"{part:,} ({part / whole:.1%})"
+
+
+def _bytes(n: object) -> str:
+    if not isinstance(n, (int, float)):
+        return "n/a"
+    for factor, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{n} B"
+
+
+def channels_kept(report: Mapping[str, Any]) -> tuple[int, int]:
+    """Channels kept and channels in all of the network's dependency groups."""
+    groups = report.get("groups") or []
+    return (sum(int(g.get("kept") or 0) for g in groups), sum(int(g.get("channels") or 0) for g in groups))
+
+
+def _latency(report: Mapping[str, Any]) -> str:
+    rows = [s for s in report.get("speedup") or [] if s.get("speedup")]
+    if not rows:
+        return "not timed"
+    s = min(rows, key=lambda r: (r["device"] != "cpu", r["batch"]))
+    return (f"{s['dense_p50_ms']:.3g} -> {s['pruned_p50_ms']:.3g} ms (x{s['speedup']:.2f}, "
+            f"{s['device']} batch {s['batch']})")
+
+
+def _accuracy(report: Mapping[str, Any]) -> str:
+    a = report.get("accuracy")
+    if not isinstance(a, Mapping):
+        return "no evaluation set"
+    return f"{_pct(a.get('reference'))} / {_pct(a.get('exported'))} (n={a.get('n')})"
+
+
+def render_summary(manifest: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any]],
+                   recipe_name: str | None = None) -> str:
+    content = manifest.get("content") or {}
+    base = content.get("base") or {}
+    base_bytes = base.get("bytes")
+    lines = [f"# Package summary{f': {recipe_name}' if recipe_name else ''}", ""]
+    part = manifest.get("part")
+    if part:
+        lines += [f"A part of the recipe: tasks {', '.join(part['tasks'])} of {len(part['of'])} "
+                  "(merge the parts with `spa-export assemble`).", ""]
+    lines += [f"Base {base.get('digest', 'n/a')}" + (f", {_bytes(base_bytes)}" if base_bytes else "")
+              + f"; tool {content.get('tool', {}).get('version', 'n/a')}; "
+              f"content {manifest.get('content_sha256', 'n/a')}.", ""]
+    rows = []
+    for name in sorted(reports):
+        r = reports[name]
+        kept, total = channels_kept(r)
+        spa_bytes = r.get("spa_bytes")
+        spa = _bytes(spa_bytes) + (f" ({spa_bytes / base_bytes:.2%} of base)"
+                                   if isinstance(spa_bytes, int) and base_bytes else "")
+        rows.append((name, spa, f"{(r.get('learned_params') or {}).get('total', 0):,}",
+                     _fraction(r["params"]["pruned"], r["params"]["dense"]),
+                     _fraction(r["macs"]["pruned"], r["macs"]["dense"]),
+                     _fraction(kept, total), _accuracy(r), _latency(r),
+                     "yes" if r["verification"]["passed"] else "**no**"))
+    lines += _table(("Task", "SPA file", "Learned params", "Params kept", "MACs kept", "Channels kept",
+                     "Accuracy: reference / exported", "Latency p50: dense -> pruned", "Verified"), rows)
+    lines += ["", "Accuracy is held-out accuracy of the task's masked reference network and of the exported "
+              "`model.onnx`; each task's `report.md` has the details.", ""]
+    return "\n".join(lines)
