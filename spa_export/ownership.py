@@ -185,11 +185,11 @@ def check_out_dir(out: str | os.PathLike[str] | None, *, inputs: Iterable[str | 
     an input, and a directory holding anything else.
     """
     path = _not_empty(out, option)
+    _check_names(absolute(path), option)  # first: stat() fails on a name the file system cannot hold
     if path.is_symlink():
         raise InputError(f"{option} {path}: is a symbolic link (to {os.readlink(path)}); spa-export "
                          "replaces its output folder as a whole: give the folder itself or a new path")
     _guarded(path, inputs, option)
-    _check_names(absolute(path), option)
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {path}: exists and is not a directory")
     if path.is_dir():
@@ -205,13 +205,13 @@ def check_out_file(path: str | os.PathLike[str] | None, *, inputs: Iterable[str 
                    option: str, force: bool = False) -> Path:
     """Refuse an output file that is one of the inputs, or exists without ``force``; return it absolute."""
     p = _not_empty(path, option)
+    _check_names(absolute(p), option)
     for item in inputs:
         same = absolute(item) == absolute(p) or os.path.realpath(item) == os.path.realpath(p)
         if not same and os.path.exists(item) and os.path.exists(p):
             same = os.path.samefile(item, p)
         if same:
             raise InputError(f"{option} {p}: is the input {item}; write the output elsewhere")
-    _check_names(absolute(p), option)
     if p.is_dir():
         raise InputError(f"{option} {p}: is a directory; give a file name")
     if (p.exists() or p.is_symlink()) and not force:

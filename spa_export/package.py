@@ -32,7 +32,7 @@ from spa_export.errors import InputError, shown
 from spa_export.ownership import check_out_dir, sha256_file
 from spa_export.pipeline import BuildOptions, run_task, stage_names, validate_options
 from spa_export.progress import StageProgress
-from spa_export.publish import discard, publish_whole, staging_dir
+from spa_export.publish import publish_whole, staged
 from spa_export.recipe import Recipe, Task
 
 MANIFEST = "manifest.json"
@@ -206,8 +206,7 @@ def build_package(opts: PackageOptions) -> PackageResult:
     per_task = {t.name: task_options(recipe, t, opts.overrides, opts.quiet) for t in chosen}
     settings = {**recipe.settings, **opts.overrides}
     out = check_out_dir(opts.out, inputs=recipe.inputs(), option="--out")
-    staging = staging_dir(out)
-    try:
+    with staged(out) as staging:
         reports, digest = _build_tasks(recipe, chosen, per_task, staging, opts)
         content_tasks = {t.name: task_content(recipe, t, per_task[t.name], reports[t.name],
                                               staging / t.name, staging) for t in chosen}
@@ -219,9 +218,6 @@ def build_package(opts: PackageOptions) -> PackageResult:
         manifest = make_manifest(content, run_record(reports, staging), part)
         write_package_files(staging, manifest, reports, recipe)
         publish_whole(staging, out, kind="package-part" if part else "package")
-    except BaseException:
-        discard(staging)
-        raise
     return PackageResult(out, manifest, reports)
 
 

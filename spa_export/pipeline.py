@@ -27,7 +27,7 @@ from spa_export.errors import InputError, VerificationError, require_file
 from spa_export.memory import check_batches_fit, peak_rss_mb, release
 from spa_export.ownership import check_out_dir
 from spa_export.progress import StageProgress
-from spa_export.publish import discard, publish_whole, staging_dir
+from spa_export.publish import publish_whole, staged
 
 if TYPE_CHECKING:
     from spa_export.load import Base
@@ -114,13 +114,9 @@ def build(opts: BuildOptions) -> BuildResult:
     out = check_out_dir(opts.out, inputs=[opts.base, opts.spa, *opts.inputs,
                                           *filter(None, [opts.eval_data])])
     progress = StageProgress(stage_names(opts), quiet=opts.quiet)
-    staging = staging_dir(out)
-    try:
+    with staged(out) as staging:
         report = run_task(opts, None, staging, progress)
         publish_whole(staging, out)
-    except BaseException:
-        discard(staging)  # a no-op once published
-        raise
     return BuildResult(Path(opts.out), report)
 
 
@@ -269,6 +265,8 @@ def _write_reports(report: dict, staging: Path) -> None:
     plot = None
     if report.get("latency"):
         plot = plot_latency(report, staging / "latency.png")
+        if plot is None:
+            report["plot"] = "not drawn: matplotlib is not installed (pip install 'spa-export[report]')"
     (staging / "report.md").write_text(render_markdown(report, plot.name if plot else None))
 
 

@@ -17,12 +17,12 @@ import secrets
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from spa_export import __version__
-from spa_export.errors import InputError
+from spa_export.errors import InputError, os_error_message
 from spa_export.interrupts import deferred
 from spa_export.ownership import absolute, foreign_contents, nearest_existing, write_marker
 
@@ -117,6 +117,28 @@ def publish_whole(staging: Path, out: Path, *, kind: str = "build", option: str 
 
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged(out: Path, *, option: str = "--out") -> Iterator[Path]:
+    """A staging directory for ``out``, removed on any failure or signal.
+
+    A write that fails there (a full disk, a quota) is reported as a failure
+    to write ``out``, which is what it is for the user; nothing was published.
+    """
+    staging = staging_dir(out)
+    try:
+        yield staging
+    except OSError as err:
+        discard(staging)
+        inside = err.filename is None or str(err.filename).startswith(str(staging))
+        if inside and not isinstance(err, FileNotFoundError):
+            raise InputError(f"{option} {out}: cannot write the output: {os_error_message(err)}; "
+                             "nothing was written") from err
+        raise
+    except BaseException:
+        discard(staging)  # a no-op once published
+        raise
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:

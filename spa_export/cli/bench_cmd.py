@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from spa_export.cli.options import INPUT, OUTPUT
 from spa_export.errors import InputError, require_file
 
 
@@ -65,7 +66,7 @@ def format_table(result: Mapping[str, Any], labels: Sequence[str]) -> str:
 
 
 @click.command("bench")
-@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("models", nargs=-1, required=True, type=INPUT)
 @click.option("--batch", "batches", multiple=True, type=int, default=(1, 8), show_default=True,
               help="Batch size to time (repeat the option for several).")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "all"]), default="cpu",
@@ -79,7 +80,7 @@ def format_table(result: Mapping[str, Any], labels: Sequence[str]) -> str:
               show_default=True, help="TensorRT engine precisions to time on the GPU.")
 @click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "layout", "all"]),
               default="all", show_default=True, help="ONNX Runtime graph optimisation level.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path),
+@click.option("--json", "json_out", type=OUTPUT,
               default=None, help="Write the full results as JSON here (never over a model).")
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from spa_export.cli.options import ARCH_HELP, INPUT_SHAPE
+from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, OUTPUT
 
 if TYPE_CHECKING:
     from spa_export.package import PackageResult
@@ -21,14 +21,14 @@ _SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "thre
 
 
 @click.command("build")
-@click.argument("recipe_arg", metavar="[RECIPE]", required=False, type=click.Path(path_type=Path))
-@click.option("--recipe", type=click.Path(path_type=Path),
+@click.argument("recipe_arg", metavar="[RECIPE]", required=False, type=INPUT)
+@click.option("--recipe", type=INPUT,
               help="A YAML recipe: one base, many tasks (the same as giving RECIPE).")
-@click.option("--base", type=click.Path(path_type=Path), help="Base checkpoint (.safetensors, .pt, .pth).")
-@click.option("--spa", "spa", type=click.Path(path_type=Path), help="The task's SPA file (without a recipe).")
+@click.option("--base", type=INPUT, help="Base checkpoint (.safetensors, .pt, .pth).")
+@click.option("--spa", "spa", type=INPUT, help="The task's SPA file (without a recipe).")
 @click.option("--arch", help=ARCH_HELP)
 @click.option("--input-shape", type=INPUT_SHAPE, help="Export shape N,C,H,W; the batch axis stays dynamic.")
-@click.option("--out", type=click.Path(path_type=Path),
+@click.option("--out", type=OUTPUT,
               help="Output folder: created, or replaced when it is empty or a previous spa-export output "
                    "(never anything else); published whole or not at all.")
 @click.option("--task", "tasks", multiple=True, help="With a recipe: build only this task (repeatable).")
@@ -38,7 +38,7 @@ _SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "thre
               help="With a recipe: tasks built side by side in this many processes.")
 @click.option("--layout", type=click.Choice(["plain", "triton"]), default=None,
               help="With a recipe: 'triton' makes the package a Triton Inference Server model repository.")
-@click.option("--eval", "eval_data", type=click.Path(path_type=Path),
+@click.option("--eval", "eval_data", type=INPUT,
               help="Without a recipe: an .npz evaluation set (x, y) for held-out accuracy.")
 @click.option("--bench", type=click.Choice(["none", "cpu", "gpu", "all"]), default=None,
               help="Time dense against pruned [default: none].")
@@ -48,7 +48,7 @@ _SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "thre
 @click.option("--opset", type=int, default=None, help="ONNX opset [default: 17].")
 @click.option("--round-to", type=int, default=None,
               help="Keep every pruned group's channel count a multiple of N (exact: extra channels stay zero).")
-@click.option("--input", "inputs", type=click.Path(path_type=Path), multiple=True,
+@click.option("--input", "inputs", type=INPUT, multiple=True,
               help="A .npy input to verify on, besides seeded random ones (repeatable).")
 @click.option("--rtol", type=float, default=None,
               help="Verification relative tolerance, 0 (exact) to 1 [default: 1e-4].")
@@ -100,12 +100,17 @@ def build(recipe_arg: Path | None, recipe: Path | None, tasks: tuple[str, ...], 
 
 
 def _settings(given: dict[str, Any]) -> dict[str, Any]:
-    """The BuildOptions fields the user gave on the command line (None and empty mean not given)."""
+    """The BuildOptions fields the user gave on the command line (None, () and an unset flag: not given).
+
+    Compared by identity: 0 is a value the user gave (``--round-to 0`` is refused, ``--rtol 0``
+    honoured), never "not given".
+    """
     out = {}
     for option, target in _SETTINGS.items():
         value = given.get(option)
-        if value not in (None, (), False):
-            out[target] = tuple(value) if isinstance(value, tuple) else value
+        if value is None or value is False or (isinstance(value, tuple) and not value):
+            continue
+        out[target] = tuple(value) if isinstance(value, tuple) else value
     return out
 
 

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import click
 
+from spa_export.cli.options import INPUT, OUTPUT
 from spa_export.errors import InputError, require_file
 
 
 @click.command("engine")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=INPUT)
 @click.option("--fp16", is_flag=True, help="Allow float16 kernels (default float32).")
 @click.option("--batch", "batches", multiple=True, type=int, default=(1, 8), show_default=True,
               help="Batch size the engine must accept (repeat); one profile covers min..max.")
-@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+@click.option("--out", "out_path", type=OUTPUT, default=None,
               help="Engine path (.engine is added when missing) "
                    "[default: MODEL's stem + .fp16/.fp32.engine].")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from spa_export.cli.options import ARCH_HELP
+from spa_export.cli.options import ARCH_HELP, INPUT
 
 
 @click.command("inspect")
-@click.argument("spa_file", type=click.Path(path_type=Path))
-@click.option("--base", type=click.Path(path_type=Path), help="Base checkpoint, for pruned parameter counts.")
+@click.argument("spa_file", type=INPUT)
+@click.option("--base", type=INPUT, help="Base checkpoint, for pruned parameter counts.")
 @click.option("--arch", help=ARCH_HELP)
 @click.option("--input-shape", default=None, help="With --base: trace shape for the pruned network.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

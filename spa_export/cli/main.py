@@ -38,10 +38,32 @@ class _Group(click.Group):
             _fail(ctx, debug, f"{os_error_message(err)}; nothing was written", 2)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except ModuleNotFoundError as err:  # an optional dependency: say which install brings it
+            _fail(ctx, debug, _missing(ctx, err), 2)
         except Exception as err:  # a bug of ours: one line, the traceback with --debug
             _fail(ctx, debug, f"internal error ({type(err).__name__}: {_one_line(err)[:300]}); nothing "
                   "was written. Run with --debug for the traceback and please report it", 2)
         return None
+
+
+#: Top-level module -> the pip command that installs it.
+INSTALLS = {
+    **dict.fromkeys(("torch", "torchvision", "onnxsim", "onnxscript", "torch_pruning"),
+                    "pip install 'spa-export[build]'"),
+    **dict.fromkeys(("tensorrt", "polygraphy", "cuda"), "pip install 'spa-export[tensorrt]' (NVIDIA GPU)"),
+    "matplotlib": "pip install 'spa-export[report]'",
+    "sp_adapters": "pip install structured-pruning-adapters",
+    "yaml": "pip install pyyaml",
+}
+
+
+def _missing(ctx: click.Context, err: ModuleNotFoundError) -> str:
+    name = (err.name or str(err)).split(".")[0]
+    command = f"spa-export {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "spa-export"
+    how = INSTALLS.get(name)
+    if how is None:
+        return f"{command} needs the Python module '{name}', which is not installed"
+    return f"{command} needs {name}, which is not installed: {how}"
 
 
 #: The longest error line printed (a message quoting many names is cut).

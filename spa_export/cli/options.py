@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -25,3 +27,28 @@ ARCH_HELP = ("Architecture: 'torchvision:NAME' (e.g. torchvision:resnet50) or 'p
              "a factory returning an nn.Module. The latter IMPORTS AND RUNS that module: name only code "
              "you trust. Default: the SPA's spa.arch, if it is 'torchvision:NAME' or "
              "'spa_export.examples:NAME' (a file cannot make spa-export run other code).")
+
+
+class _NonEmptyPath(click.ParamType):
+    """A path that must not be empty: ``--out ""`` (an unset shell variable) is refused, not taken as '.'."""
+
+    name = "PATH"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        if isinstance(value, Path):
+            return value
+        if not str(value).strip():
+            from spa_export.errors import InputError
+
+            option = param.opts[0] if param is not None and param.opts else "a path"
+            raise InputError(f"{option} is empty (an unset shell variable?): name the {self.what} explicitly")
+        return Path(str(value))
+
+
+#: An output file or folder; what may be replaced is decided by spa_export.ownership.
+OUTPUT = _NonEmptyPath("output")
+#: An input file.
+INPUT = _NonEmptyPath("file")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from spa_export.cli.options import ARCH_HELP, INPUT_SHAPE
+from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, OUTPUT
 
 
 @click.command("synth")
@@ -18,33 +18,46 @@ from spa_export.cli.options import ARCH_HELP, INPUT_SHAPE
 @click.option("--masks", type=click.Choice(["groups", "out-only", "random"]), default="groups", show_default=True,
               help="groups: consistent input and output masks per dependency group; out-only: output "
                    "masks alone, as the paper's experiments make them; random: independent per layer.")
-@click.option("--base", type=click.Path(path_type=Path),
+@click.option("--base", type=INPUT,
               help="A base checkpoint whose digest the SPA records.")
-@click.option("--save-base", type=click.Path(path_type=Path),
+@click.option("--save-base", type=OUTPUT,
               help="Also write a seeded random base (.safetensors) and record its digest.")
 @click.option("--num-classes", type=int, help="Add an override that resizes the classifier head.")
 @click.option("--task", help="Task name stored in the file.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The SPA file to write.")
+@click.option("-o", "--output", type=OUTPUT, required=True, help="The SPA file to write.")
+@click.option("--force", is_flag=True, help="Replace existing output files (never --base).")
 def synth(arch: str, input_shape: tuple, prune: float, rank: int, seed: int, masks: str, base: Path | None,
-          save_base: Path | None, num_classes: int | None, task: str | None, output: Path) -> None:
+          save_base: Path | None, num_classes: int | None, task: str | None, output: Path, force: bool) -> None:
     """Write an SPA with random adapters and masks (for tests and what-if questions)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    from spa_export import validate
     from spa_export.checkpoint import load_state_dict_file
+    from spa_export.errors import InputError
+    from spa_export.ownership import check_out_file
+    from spa_export.publish import atomic_write_bytes
     from spa_export.spa import write_spa
     from spa_export.synth import random_base, synth_spa
 
     if base and save_base:
-        raise click.UsageError("give --base or --save-base, not both")
+        raise InputError("give --base or --save-base, not both")
+    if not 0.0 <= validate.number(prune, "--prune", minimum=0.0, maximum=1.0) < 1.0:
+        raise InputError("--prune 1: must be below 1 (a network keeps at least one channel)")
+    validate.integer(rank, "--rank", minimum=0, maximum=4096)
+    validate.seed(seed, "--seed")
+    if num_classes is not None:
+        validate.integer(num_classes, "--num-classes", minimum=1, maximum=1_000_000)
+    inputs = [base] if base else []
+    output = check_out_file(output, inputs=inputs, option="-o", force=force)
+    if save_base:
+        save_base = check_out_file(save_base, inputs=[*inputs, output], option="--save-base", force=force)
     state = load_state_dict_file(base) if base else None
     if save_base:
         state = random_base(arch, input_shape, seed=seed)
     spa = synth_spa(arch, input_shape, prune=prune, rank=rank, seed=seed, masks=masks, base_state=state,
                     num_classes=num_classes, task=task)
     if save_base:
-        tmp = save_base.with_name(save_base.name + ".tmp")
-        save_file(state, str(tmp))
-        tmp.replace(save_base)
+        atomic_write_bytes(save_base, save(state))
         click.echo(f"{save_base}: random base, {sum(v.numel() for v in state.values()):,} values")
     write_spa(spa, output)
     counts = spa.learned_parameter_count()

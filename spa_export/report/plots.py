@@ -33,13 +33,16 @@ def plot_latency(report: Mapping[str, Any], out_png: Path) -> Path | None:
     """Draw p50 latency against batch size, one panel per device and runtime.
 
     Returns the PNG's path, or None (and writes nothing) when the report has
-    no latency data.
+    no latency data or matplotlib (the ``report`` extra) is not installed.
     """
     panels = _panels(list(report.get("latency") or []))
     if not panels:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
 
     fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
     FigureCanvasAgg(fig)

@@ -65,17 +65,36 @@ def invoke(args: list[str]):
     return CliRunner().invoke(cli, args, prog_name="spa-export")
 
 
+def _entry(p: Path) -> tuple:
+    if p.is_symlink():
+        return ("link", os.readlink(p), None)
+    if p.is_dir():
+        return ("dir", None, p.stat().st_mode)
+    return ("file", _digest(p), p.stat().st_mode)
+
+
+def _digest(p: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def tree(path: Path) -> object:
-    """Everything under ``path``: names, kinds, bytes and permission bits (None if absent)."""
+    """Everything under ``path``: names, kinds, bytes, link targets and permission bits (None if absent)."""
     if not path.exists() and not path.is_symlink():
         return None
-    if not path.is_dir():
-        return ("file", path.read_bytes(), path.stat().st_mode)
+    if path.is_symlink() or not path.is_dir():
+        return _entry(path)
     out = {}
-    for p in sorted(path.rglob("*")):
-        rel = str(p.relative_to(path))
-        out[rel] = ("dir", None, p.stat().st_mode) if p.is_dir() else ("file", p.read_bytes(), p.stat().st_mode)
-    return out
+    for root, dirs, files in os.walk(path):   # links to folders are listed, not followed
+        for name in [*dirs, *files]:
+            p = Path(root) / name
+            out[str(p.relative_to(path))] = _entry(p)
+    return dict(sorted(out.items()))
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -96,6 +115,13 @@ class Case:
     marker: Path | None = None             # must not exist afterwards (code did not run)
     absent: list[Path] = field(default_factory=list)   # must not exist afterwards
     env: dict[str, str] = field(default_factory=dict)   # extra environment of the subprocess
+    command: str = "build"                 # other commands run without --out and -q
+
+    def argv(self, out: Path, *, quiet: bool) -> list[str]:
+        """The whole command line after ``spa-export``."""
+        if self.command != "build":
+            return [self.command, *self.args]
+        return ["build", *self.args, "--out", str(out), *(["-q"] if quiet else [])]
 
 
 class RunsCode:
@@ -125,6 +151,12 @@ class Corpus:
 
     def path(self, name: str) -> Path:
         return self.root / name
+
+    def big(self, name: str) -> Path:
+        """A path for a huge (sparse) file, in a folder of its own that no case watches."""
+        folder = self.root.with_name(self.root.name + "-big")
+        folder.mkdir(exist_ok=True)
+        return folder / name
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         p = self.path(name)
@@ -644,3 +676,343 @@ def npy_pickled_objects(c: Corpus) -> Case:
 def npy_not_npy(c: Corpus) -> Case:
     p = c.write_bytes("text.npy", b"0 1 2 3\n")
     return Case("", c.args(extra=("--input", str(p))), [str(p), "not a .npy array", "numpy.save"])
+
+
+# --------------------------------------------------------------------------- option values (issue 10)
+
+@case
+def seed_negative(c: Corpus) -> Case:
+    return Case("", c.args(extra=("--seed", "-1")), ["--seed -1", "between 0 and"])
+
+
+@case
+def rtol_nan(c: Corpus) -> Case:
+    return Case("", c.args(extra=("--rtol", "nan")), ["--rtol nan", "finite number"])
+
+
+@case
+def atol_negative(c: Corpus) -> Case:
+    return Case("", c.args(extra=("--atol", "-0.001")), ["--atol -0.001", "at least 0"])
+
+
+@case
+def batch_zero(c: Corpus) -> Case:
+    return Case("", c.args(extra=("--bench", "cpu", "--batch", "0")), ["--batch 0", "between 1 and 4096"])
+
+
+@case
+def batch_huge(c: Corpus) -> Case:
+    return Case("", c.args(extra=("--bench", "cpu", "--batch", "1000000")), ["--batch 1000000", "between 1 and 4096"])
+
+
+@case
+def round_to_zero(c: Corpus) -> Case:
+    return Case("", c.args(extra=("--round-to", "0")), ["--round-to 0", "between 1 and 1024"])
+
+
+@case
+def budget_zero(c: Corpus) -> Case:
+    return Case("", c.args(extra=("--bench", "cpu", "--budget", "0")), ["--budget 0", "greater than 0"])
+
+
+@case
+def threads_absurd(c: Corpus) -> Case:
+    return Case("", c.args(extra=("--bench", "cpu", "--threads", "2000")),
+                ["--threads 2000", "this machine gives this process"])
+
+
+@case
+def out_name_too_long(c: Corpus) -> Case:
+    out = c.path("n" * 300)
+    return Case("", c.args(), ["--out", "has 300 bytes", "allows 255"], out=out)
+
+
+@case
+def input_shape_exhausts_memory(c: Corpus) -> Case:
+    # tiny_resnet at 8192x8192: 32 channels of 8192^2 floats per sample, far beyond this machine
+    return Case("", c.args(shape="1,3,8192,8192"), ["--input-shape 1,3,8192,8192", "needs about",
+                                                    "available on this machine"])
+
+
+@case
+def jobs_without_recipe(c: Corpus) -> Case:
+    return Case("", c.args(extra=("-j", "2")), ["-j needs a recipe"])
+
+
+@case
+def task_without_recipe(c: Corpus) -> Case:
+    return Case("", c.args(extra=("--task", "x")), ["--task needs a recipe"])
+
+
+# --------------------------------------------------------------------------- --input files (issue 10)
+
+@case
+def npy_is_npz_archive(c: Corpus) -> Case:
+    p = c.path("archive.npy")
+    with open(p, "wb") as fh:
+        np.savez(fh, x=np.zeros((1, 3, 32, 32), dtype=np.float32))
+    return Case("", c.args(extra=("--input", str(p))), [str(p), "an .npz archive", "one array per file"])
+
+
+@case
+def npy_strings(c: Corpus) -> Case:
+    p = c.path("strings.npy")
+    np.save(p, np.array(["cat", "dog"]))
+    return Case("", c.args(extra=("--input", str(p))), [str(p), "holds strings", "numeric array"])
+
+
+@case
+def npy_structured(c: Corpus) -> Case:
+    p = c.path("structured.npy")
+    np.save(p, np.zeros(4, dtype=[("a", "f4"), ("b", "i4")]))
+    return Case("", c.args(extra=("--input", str(p))), [str(p), "structured array", "fields a, b"])
+
+
+@case
+def npy_nan(c: Corpus) -> Case:
+    p = c.path("nan.npy")
+    x = np.zeros((1, 3, 32, 32), dtype=np.float32)
+    x[0, 2, 5, 7] = np.nan
+    np.save(p, x)
+    return Case("", c.args(extra=("--input", str(p))), [str(p), "the input holds", "nan", "[0, 2, 5, 7]",
+                                                         "inputs must be finite"])
+
+
+@case
+def npy_overflows_float32(c: Corpus) -> Case:
+    p = c.path("huge.npy")
+    x = np.zeros((1, 3, 32, 32), dtype=np.float64)
+    x[0, 0, 0, 1] = 1e300
+    np.save(p, x)
+    return Case("", c.args(extra=("--input", str(p))), [str(p), "float32 cannot use", "1e+300"])
+
+
+@case
+def npy_header_claims_huge_array(c: Corpus) -> Case:
+    p = c.path("claims.npy")
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 3, 32, 32), }"
+    header += " " * (63 - (len(header) + 10) % 64) + "\n"
+    p.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + b"\x00" * 64)
+    return Case("", c.args(extra=("--input", str(p))), [str(p), "claims shape [100000, 3, 32, 32]",
+                                                        "the file holds 64 bytes"])
+
+
+# --------------------------------------------------------------------------- recipes (issue 10)
+
+def _recipe(c: Corpus, name: str, text: str) -> Path:
+    return c.write_bytes(name, text.encode())
+
+
+def _recipe_head(c: Corpus) -> str:
+    return f"base: {c.base}\ninput_shape: 1,3,32,32\n"
+
+
+@case
+def recipe_misspelt_key(c: Corpus) -> Case:
+    p = _recipe(c, "misspelt.yaml", _recipe_head(c) + f"rtoll: 0.001\nspa: {c.spa}\n")
+    return Case("", [str(p)], [str(p), "unknown key 'rtoll'", "did you mean 'rtol'"])
+
+
+@case
+def recipe_unknown_key(c: Corpus) -> Case:
+    p = _recipe(c, "unknown.yaml", _recipe_head(c) + f"colour: blue\nspa: {c.spa}\n")
+    return Case("", [str(p)], [str(p), "unknown key 'colour'", "known:"])
+
+
+@case
+def recipe_misspelt_task_key(c: Corpus) -> Case:
+    p = _recipe(c, "taskkey.yaml", _recipe_head(c) + f"tasks:\n  - name: a\n    sap: {c.spa}\n")
+    return Case("", [str(p)], [str(p), "tasks[0]", "unknown key 'sap'", "did you mean 'spa'"])
+
+
+@case
+def recipe_wrong_type(c: Corpus) -> Case:
+    p = _recipe(c, "wrongtype.yaml", _recipe_head(c) + f"rtol: lots\nspa: {c.spa}\n")
+    return Case("", [str(p)], [str(p), "key 'rtol'", "expected a number", "'lots'"])
+
+
+@case
+def recipe_bool_for_number(c: Corpus) -> Case:
+    p = _recipe(c, "boolnum.yaml", _recipe_head(c) + f"opset: yes\nspa: {c.spa}\n")
+    return Case("", [str(p)], [str(p), "key 'opset'", "expected an integer", "a boolean (true)"])
+
+
+@case
+def recipe_tasks_not_a_list(c: Corpus) -> Case:
+    p = _recipe(c, "tasksmap.yaml", _recipe_head(c) + f"tasks:\n  spa: {c.spa}\n")
+    return Case("", [str(p)], [str(p), "key 'tasks'", "expected a list of tasks"])
+
+
+@case
+def recipe_task_name_escapes(c: Corpus) -> Case:
+    p = _recipe(c, "escape.yaml", _recipe_head(c) + f"tasks:\n  - name: ../../etc\n    spa: {c.spa}\n")
+    return Case("", [str(p)], [str(p), "tasks[0]", "'../../etc'", "not a plain folder name"])
+
+
+@case
+def recipe_task_names_twice(c: Corpus) -> Case:
+    p = _recipe(c, "twice.yaml", _recipe_head(c) + f"tasks:\n  - name: a\n    spa: {c.spa}\n"
+                f"  - name: a\n    spa: {c.spa}\n")
+    return Case("", [str(p)], [str(p), "task name 'a' is used twice"])
+
+
+@case
+def recipe_duplicate_key(c: Corpus) -> Case:
+    p = _recipe(c, "dupkey.yaml", _recipe_head(c) + f"spa: {c.spa}\nrtol: 0.1\nrtol: 0.2\n")
+    return Case("", [str(p)], [str(p), "key 'rtol' is given twice", "line 5"])
+
+
+@case
+def recipe_alias_bomb(c: Corpus) -> Case:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+              f"*a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 10)]
+    p = _recipe(c, "bomb.yaml", "\n".join(lines) + "\n")   # 10^10 values once expanded, 1 KB on disk
+    return Case("", [str(p)], [str(p), "expands to more than 100000 values", "refusing"])
+
+
+@case
+def recipe_recursive_alias(c: Corpus) -> Case:
+    p = _recipe(c, "recursive.yaml", "a: &a [1, *a]\n")
+    return Case("", [str(p)], [str(p), "refers to itself"])
+
+
+@case
+def recipe_python_object(c: Corpus) -> Case:
+    marker = c.path("MARKER-yaml")
+    p = _recipe(c, "object.yaml", f"base: !!python/object/apply:os.system ['touch {marker}']\n")
+    return Case("", [str(p)], [str(p), "not valid YAML", "line 1"], marker=marker)
+
+
+@case
+def recipe_too_large(c: Corpus) -> Case:
+    p = _recipe(c, "large.yaml", "# padding\n" * 120_000)
+    return Case("", [str(p)], [str(p), "a recipe is at most 1048576 bytes"])
+
+
+@case
+def recipe_empty(c: Corpus) -> Case:
+    p = _recipe(c, "empty.yaml", "# nothing here\n")
+    return Case("", [str(p)], [str(p), "the recipe is empty"])
+
+
+@case
+def recipe_missing_spa_file(c: Corpus) -> Case:
+    p = _recipe(c, "nospa.yaml", _recipe_head(c) + "tasks:\n  - name: a\n    spa: missing.spa\n")
+    return Case("", [str(p)], [str(c.path("missing.spa")), "no such file"])
+
+
+@case
+def recipe_unknown_task_selected(c: Corpus) -> Case:
+    p = _recipe(c, "select.yaml", _recipe_head(c) + f"tasks:\n  - name: first\n    spa: {c.spa}\n")
+    return Case("", [str(p), "--task", "frist"], ["--task 'frist'", "did you mean 'first'"])
+
+
+@case
+def recipe_and_spa_flag(c: Corpus) -> Case:
+    p = _recipe(c, "withspa.yaml", _recipe_head(c) + f"spa: {c.spa}\n")
+    return Case("", [str(p), "--spa", str(c.spa)], ["--spa with a recipe", "--task NAME"])
+
+
+@case
+def recipe_shard_malformed(c: Corpus) -> Case:
+    p = _recipe(c, "shard.yaml", _recipe_head(c) + f"spa: {c.spa}\n")
+    return Case("", [str(p), "--shard", "3/2"], ["--shard 3/2", "need 1 <= i <= n"])
+
+
+# --------------------------------------------------------------------------- bases (issue 10)
+
+@case
+def base_integer_weights(c: Corpus) -> Case:
+    p = c.base_with("intweights.safetensors", stem__0__weight=c.state["stem.0.weight"].to(torch.int32))
+    return Case("", c.args(base=p, extra=("--ignore-base-digest",)),
+                [str(p), "'stem.0.weight'", "torch.int32", "floating-point"])
+
+
+@case
+def base_bool_statistics(c: Corpus) -> Case:
+    p = c.base_with("boolvar.safetensors",
+                    layer1__0__bn1__running_var=torch.ones(16, dtype=torch.bool))
+    return Case("", c.args(base=p, extra=("--ignore-base-digest",)),
+                [str(p), "'layer1.0.bn1.running_var'", "torch.bool", "floating-point"])
+
+
+@case
+def base_view_claims_more_than_its_data(c: Corpus) -> Case:
+    p = c.path("view.pt")
+    huge = torch.zeros(4).as_strided((1_000_000, 1_000_000), (0, 0))    # 10^12 elements over 16 bytes
+    torch.save({**c.state, "fc.weight": huge}, str(p))
+    return Case("", c.args(base=p, extra=("--ignore-base-digest",)),
+                [str(p), "'fc.weight'", "claims 1000000000000 elements", "over 16 bytes"], subprocess=True)
+
+
+@case
+def base_zip_entry_compressed(c: Corpus) -> Case:
+    import zipfile
+
+    plain = c.path("plain.pt")
+    torch.save(c.state, str(plain))
+    p = c.path("deflated.pt")
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    return Case("", c.args(base=p, extra=("--ignore-base-digest",)),
+                [str(p), "is compressed", "expand far beyond the file's size"])
+
+
+@case
+def base_header_length_zero_in_a_huge_file(c: Corpus) -> Case:
+    p = c.big("sparse-base.safetensors")
+    with open(p, "wb") as fh:              # 3 GiB on paper, a few bytes on disk (sparse)
+        fh.write(struct.pack("<Q", 0))
+        fh.truncate(3 * 2**30)
+    return Case("", c.args(base=p), [str(p), "header length 0 is too small"], subprocess=True)
+
+
+@case
+def spa_header_length_zero_in_a_huge_file(c: Corpus) -> Case:
+    p = c.big("sparse.spa")
+    with open(p, "wb") as fh:
+        fh.write(struct.pack("<Q", 0))
+        fh.truncate(3 * 2**30)
+    return Case("", c.args(spa=p), [str(p), "header length 0 is too small"], subprocess=True)
+
+
+@case
+def spa_header_claims_more_data_than_the_file(c: Corpus) -> Case:
+    entry = {"dtype": "F32", "shape": [1 << 28], "data_offsets": [0, 1 << 30]}
+    p = c.spa_raw_header("claims.spa", {"fc.adapter_bias": entry}, b"\x00" * 16)
+    return Case("", c.args(spa=p), [str(p), "tensor 'fc.adapter_bias'", "out of range",
+                                    "begin <= end <= 16"])
+
+
+@case
+def override_resizes_an_inner_layer(c: Corpus) -> Case:
+    # a 20-channel layer1.0.conv1: the batch-norm after it has 16 entries; the spec allows it,
+    # but the network cannot run: the SPA's key is to blame, not --input-shape
+    p = c.spa_with("resize-inner.spa", drop=tuple(k for k in c.tensors if k.startswith("layer1.0.conv1.")),
+                   override__layer1__0__conv1__weight=torch.zeros(20, 16, 3, 3))
+    return Case("", c.args(spa=p), [str(p), "tensor 'override.layer1.0.conv1.weight'",
+                                    "resizes 'layer1.0.conv1' to 20 outputs", "no longer runs"])
+
+
+# --------------------------------------------------------------------------- text from files (issue 10)
+
+@case
+def spa_name_with_escape_sequences(c: Corpus) -> Case:
+    name = "\x1b]0;owned\x07\x1b[2J" + "stem.0.bogus_field"
+    p = c.spa_with("escapes.spa", **{name.replace(".", "__"): torch.ones(2)})
+    return Case("", c.args(spa=p), [str(p), "\\x1b]0;owned\\x07\\x1b[2J", "unknown tensor name"])
+
+
+@case
+def spa_arch_with_newline(c: Corpus) -> Case:
+    p = c.spa_with("newline.spa", meta={"spa.arch": "evil.mod:f\nerror: forged second line"})
+    return Case("", c.args(spa=p), [str(p), "evil.mod:f\\x0aerror: forged second line", "pass --arch"])
+
+
+@case
+def spa_name_very_long(c: Corpus) -> Case:
+    name = "x" * 20_000 + ".bogus"
+    p = c.spa_with("longname.spa", **{name: torch.ones(1)})
+    return Case("", c.args(spa=p), [str(p), "more characters)", "unknown tensor name"])

@@ -78,7 +78,7 @@ def _prepare(case: Case, corpus: Corpus, run_dir: Path, existing: Path | None) -
 def _run_in_process(case: Case, corpus: Corpus, run_dir: Path, existing: Path | None) -> Outcome:
     out, watched = _prepare(case, corpus, run_dir, existing)
     before = tree(watched)
-    result = invoke(["build", *case.args, "--out", str(out), "-q"])
+    result = invoke(case.argv(out, quiet=True))
     crashed = None if isinstance(result.exception, SystemExit) else result.exception
     return Outcome("in-process" + (" over a complete build" if existing else ""), result.exit_code,
                    result.stdout, result.stderr, crashed, before, tree(watched), out)
@@ -87,7 +87,7 @@ def _run_in_process(case: Case, corpus: Corpus, run_dir: Path, existing: Path | 
 def _run_subprocess(case: Case, corpus: Corpus, run_dir: Path, existing: Path | None) -> Outcome:
     out, watched = _prepare(case, corpus, run_dir, existing)
     before = tree(watched)
-    proc = subprocess.run([*cli_command(), "build", *case.args, "--out", str(out)], capture_output=True,
+    proc = subprocess.run([*cli_command(), *case.argv(out, quiet=False)], capture_output=True,
                           text=True, timeout=300, env=cli_env(pythonpath=case.pythonpath, extra=case.env))
     return Outcome("subprocess" + (" over a complete build" if existing else ""), proc.returncode,
                    proc.stdout, proc.stderr, None, before, tree(watched), out)
