@@ -107,11 +107,11 @@ def _slice_bn(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 
 def _fold(mod: nn.Module, fold: ConstantFold, mp: ModulePlan | None) -> nn.Module:
-    size = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
     out_i = _index(mp.out_keep if mp else None, fold.bias.shape[0] if fold.bias is not None
                    else fold.tensor.shape[0])
-    if fold.tensor is not None:
-        return AddConstant(mod, fold.tensor[out_i].to(mod.weight.dtype))
+    if fold.tensor is not None:  # after a conv or linear layer, or after the batch-norm that follows one
+        return AddConstant(mod, fold.tensor[out_i].to(fold.tensor.dtype))
+    size = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
     delta = fold.bias[out_i].to(mod.weight.dtype)
     if len(delta) != size:
         raise BuildError(f"internal error: constant fold for '{fold.module}' has {len(delta)} channels, "

@@ -74,3 +74,57 @@ class TwoHeads(nn.Module):
 def two_heads(num_classes: int = 5) -> nn.Module:
     """A small network with two outputs, for 3x16x16 inputs."""
     return TwoHeads(num_classes=num_classes)
+
+
+class DigitsCNN(nn.Module):
+    """A small residual CNN for scikit-learn's 8x8 digits: the base of the shipped trained example.
+
+    Every convolution is followed by batch-norm, as in the paper's channel
+    experiments; a residual addition couples channels into dependency groups.
+    """
+
+    def __init__(self, num_classes: int = 5, width: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.block1 = _Block(width, width, 1)
+        self.block2 = _Block(width, 2 * width, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block2(self.block1(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def digits_cnn(num_classes: int = 5) -> nn.Module:
+    """The digits base network (1x8x8 inputs scaled to [0, 1]), ``num_classes`` outputs."""
+    return DigitsCNN(num_classes=num_classes)
+
+
+def prune_output_channels(layer: nn.Module, keep: torch.Tensor) -> None:
+    """Prune a layer's output channels the way the paper's channel experiments do (in place).
+
+    ``keep`` is a bool mask over the output channels. The frozen weight's rows
+    are zeroed with ``torch.nn.utils.prune.custom_from_mask`` and made
+    permanent with ``prune.remove``; the adapter's rows (SPLoRA's ``cols``,
+    SPPaRA's ``adapter``) and the bias are zeroed for pruned channels, so the
+    adapted layer computes exactly zero there; ``output_mask`` keeps the mask
+    (float 0/1) on the layer. For training scripts and tests.
+    """
+    from torch.nn.utils import prune
+
+    keep = keep.to(torch.bool)
+    mask = keep.reshape(-1, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight).to(layer.weight.dtype)
+    frozen = layer.weight.requires_grad
+    prune.custom_from_mask(layer, "weight", mask)
+    prune.remove(layer, "weight")
+    layer.weight.requires_grad_(frozen)
+    with torch.no_grad():
+        adapter = getattr(layer, "adapter", None)
+        if isinstance(adapter, torch.Tensor):          # SPPaRA: [out, in / groups]
+            adapter[~keep] = 0
+        elif adapter is not None and hasattr(adapter, "cols"):   # SPLoRA: cols [1, out, rank]
+            adapter.cols[:, ~keep] = 0
+        if getattr(layer, "bias", None) is not None:
+            layer.bias[~keep] = 0
+    layer.output_mask = keep.float()

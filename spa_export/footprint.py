@@ -4,9 +4,10 @@ The architecture is built on the meta device (no data), the task's resizing
 overrides applied, and one sample run through it; hooks record every module's
 output size. Nothing is allocated, so this runs before any real forward pass:
 
-* the largest activation, times the batch and the few activations a pass
-  holds at once, is what a forward pass needs
-  (:func:`spa_export.memory.check_batches_fit` refuses what cannot fit);
+* the largest working set of a layer (its input and output), times the
+  batch and the few activations a pass holds at once, is what a forward pass
+  needs, and all activations together what tracing may hold
+  (:func:`spa_export.memory.check_fits` refuses what cannot fit);
 * an override that resizes a layer the rest of the network cannot follow is
   found here and named by its SPA key (the same network without it runs).
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from spa_export.arch import build_on_meta, resize_for_overrides
 from spa_export.errors import SpaCompatibilityError, shown
+from spa_export.memory import Footprint
 
 
 def _bytes(value: object) -> int:
@@ -36,22 +38,26 @@ def _bytes(value: object) -> int:
     return 0
 
 
-def _largest(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Run one sample on the meta device; the largest module output (or the input) in bytes."""
-    largest = [0]
+def _measure(model: nn.Module, input_shape: tuple[int, ...]) -> Footprint:
+    """Run one sample on the meta device; every leaf module's input and output sizes make the footprint."""
+    working, total = [0], [0]
 
     def hook(module: nn.Module, args: object, output: object) -> None:
-        largest[0] = max(largest[0], _bytes(output))
+        if next(module.children(), None) is None:  # leaves: containers would count their parts twice
+            working[0] = max(working[0], _bytes(args) + _bytes(output))
+            total[0] += _bytes(output)
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
         x = torch.empty((1, *input_shape[1:]), device="meta")
         with torch.no_grad():
-            model(x)
+            out = model(x)
     finally:
         for h in handles:
             h.remove()
-    return max(largest[0], _bytes(x))
+    # functional operations (additions, concatenations) between layers are not seen by the hooks:
+    # each is bounded by the larger working sets around it, counted once more in the total
+    return Footprint(max(working[0], 2 * _bytes(x)), 2 * total[0] + _bytes(x) + _bytes(out))
 
 
 def _resizing(model: nn.Module, overrides: Mapping[str, torch.Tensor]) -> list[str]:
@@ -60,9 +66,9 @@ def _resizing(model: nn.Module, overrides: Mapping[str, torch.Tensor]) -> list[s
             if k.endswith(".weight") and k in params and t.dim() and t.shape[0] != params[k].shape[0]]
 
 
-def largest_activation_bytes(spec: str, overrides: Mapping[str, torch.Tensor], input_shape: tuple[int, ...],
-                             *, spa_path: Path | None = None) -> int | None:
-    """Bytes of the largest activation of one sample; None where the meta device cannot tell.
+def activation_footprint(spec: str, overrides: Mapping[str, torch.Tensor], input_shape: tuple[int, ...],
+                         *, spa_path: Path | None = None) -> Footprint | None:
+    """The activation footprint of one sample; None where the meta device cannot tell.
 
     Raises :class:`SpaCompatibilityError` naming the override when the base
     network runs at ``input_shape`` and the task's resized one does not.
@@ -73,14 +79,15 @@ def largest_activation_bytes(spec: str, overrides: Mapping[str, torch.Tensor], i
     resized = _resizing(model, overrides)
     try:
         if not resized:
-            return _largest(model, input_shape)
-        base_bytes = _largest(model, input_shape)
+            return _measure(model, input_shape)
+        base = _measure(model, input_shape)
     except Exception:  # data-dependent code, ops without meta kernels, or a shape that does not fit
         return None
     try:
         with torch.device("meta"):
             resize_for_overrides(model, overrides)
-        return max(_largest(model, input_shape), base_bytes)
+        task = _measure(model, input_shape)
+        return Footprint(max(task.working, base.working), max(task.total, base.total))
     except Exception as err:
         key = resized[0]
         first = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -30,9 +30,13 @@ def inspect_spa(path: Path, *, base: Path | None = None, arch: str | None = None
         info["ratio_vs_finetune"] = info["learned_params"]["total"] / max(dense, 1)
         if input_shape:
             from spa_export.apply import apply_plan
+            from spa_export.footprint import activation_footprint
+            from spa_export.memory import check_fits
             from spa_export.plan import make_plan
 
             shape = parse_input_shape(input_shape)
+            check_fits(activation_footprint(loaded.arch, spa.overrides, shape, spa_path=path), {},
+                       f"--input-shape {input_shape}", traced=shape[0])
             info["pruned_params"] = count_params(apply_plan(merged, make_plan(merged, shape)))
     for name, layer in sorted(spa.layers.items()):
         out, in_ = sizes.get(name, (None, None))

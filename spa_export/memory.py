@@ -14,6 +14,7 @@ import ctypes.util
 import gc
 import resource
 import sys
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -43,9 +44,22 @@ def peak_rss_mb() -> float:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-#: A forward pass holds a few activations at once (a layer's input, its output, a residual
-#: branch): its peak is taken as this many times the largest one, plus the input.
-LIVE_ACTIVATIONS = 4
+#: A forward pass holds a few activations at once besides a layer's own input and output
+#: (a residual branch, a concatenation's parts): its peak is taken as this many working sets.
+LIVE_ACTIVATIONS = 2
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Activation memory of one sample, in bytes.
+
+    ``working``: the largest input plus output of one layer, what a forward
+    pass needs at once; ``total``: every activation together, what tracing
+    (planning, export) may hold at once.
+    """
+
+    working: int
+    total: int
 
 
 def available_bytes() -> int | None:
@@ -73,24 +87,24 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def check_batches_fit(per_sample: int | None, batches: dict[str, int], subject: str) -> None:
-    """Refuse batches whose forward pass cannot fit in the memory available now.
+def check_fits(footprint: Footprint | None, runs: dict[str, int], subject: str, *, traced: int = 0) -> None:
+    """Refuse batches whose activations cannot fit in the memory available now.
 
-    ``per_sample``: the largest activation of one sample, in bytes (None: not
-    known, nothing is checked). ``batches``: what runs at which batch size
-    ("verification": 4, "--batch": 64), named in the message. ``subject`` is
-    what determines the size (``--input-shape 1,3,224,224``).
+    ``runs``: what runs a forward pass at which batch size ("verification":
+    4, "--batch": 64), named in the message; ``traced``: the batch at which
+    the network is traced (planning and export hold every activation).
+    ``subject`` is what sets the size (``--input-shape 1,3,224,224``). With no
+    footprint (unknown) nothing is checked.
     """
-    if not per_sample or not batches:
-        return
     available = available_bytes()
-    if available is None:
+    if footprint is None or available is None:
         return
-    what, batch = max(batches.items(), key=lambda kv: kv[1])
-    needed = per_sample * LIVE_ACTIVATIONS * batch
+    needs = {what: batch * LIVE_ACTIVATIONS * footprint.working for what, batch in runs.items()}
+    if traced:
+        needs[f"tracing at batch {traced} (plan, export)"] = traced * footprint.total
+    what, needed = max(needs.items(), key=lambda kv: kv[1])
     if needed > available:
         from spa_export.errors import InputError
 
-        raise InputError(f"{subject}: a forward pass at batch {batch} ({what}) needs about {_gib(needed)} "
-                         f"of activations, more than the {_gib(available)} available on this machine; "
-                         "use a smaller input shape or batch size")
+        raise InputError(f"{subject}: {what} needs about {_gib(needed)} of activations, more than the "
+                         f"{_gib(available)} available on this machine; use a smaller input shape or batch size")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from spa_export import __version__, validate
 from spa_export.errors import InputError, VerificationError, require_file
-from spa_export.memory import check_batches_fit, peak_rss_mb, release
+from spa_export.memory import check_fits, peak_rss_mb, release
 from spa_export.ownership import check_out_dir
 from spa_export.progress import StageProgress
 from spa_export.publish import publish_whole, staged
@@ -143,7 +143,7 @@ def run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: Sta
         from spa_export.apply import apply_plan
         from spa_export.arrays import read_input
         from spa_export.export import export_onnx
-        from spa_export.footprint import largest_activation_bytes
+        from spa_export.footprint import activation_footprint
         from spa_export.load import load_task, read_base, reread_base
         from spa_export.merge import merge
         from spa_export.metrics import count_macs, count_params
@@ -160,12 +160,13 @@ def run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: Sta
             from spa_export.evaluate import read_eval
 
             evaluation = read_eval(opts.eval_data, shape)
-        per_sample = largest_activation_bytes(loaded.arch, loaded.spa.overrides, shape, spa_path=loaded.spa_path)
-        runs = {"verification": max(opts.verify_batches), "the export shape": shape[0]}
-        runs.update({f"--input {p.name}": len(x) for p, (_, x) in zip(opts.inputs, user_inputs, strict=True)})
+        footprint = activation_footprint(loaded.arch, loaded.spa.overrides, shape, spa_path=loaded.spa_path)
+        runs = {f"verification at batch {max(opts.verify_batches)}": max(opts.verify_batches)}
+        runs.update({f"--input {p.name} ({len(x)} samples)": len(x)
+                     for p, (_, x) in zip(opts.inputs, user_inputs, strict=True)})
         if opts.bench != "none":
-            runs["--batch"] = max(opts.bench_batches)
-        check_batches_fit(per_sample, runs, f"--input-shape {','.join(map(str, shape))}")
+            runs[f"--batch {max(opts.bench_batches)}"] = max(opts.bench_batches)
+        check_fits(footprint, runs, f"--input-shape {','.join(map(str, shape))}", traced=shape[0])
     # Each network is dropped as soon as no later stage needs it, to keep the peak memory low:
     # in a single build the base too, once merged; verification reads it again (and checks it is the same).
     with progress.stage("merge"):

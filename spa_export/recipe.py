@@ -162,9 +162,20 @@ def _path(value: Any, name: str, folder: Path) -> Path:
     return Path(os.path.normpath(folder / value))
 
 
-def _paths(value: Any, name: str, folder: Path) -> tuple[Path, ...]:
+def _file(value: Any, name: str, folder: Path) -> Path:
+    """A path to an input file, which must exist."""
+    from spa_export.errors import not_a_file
+
+    path = _path(value, name, folder)
+    problem = not_a_file(path)
+    if problem is not None:
+        raise InputError(f"{name}: {path}: {problem}")
+    return path
+
+
+def _files(value: Any, name: str, folder: Path) -> tuple[Path, ...]:
     values = value if isinstance(value, list) else [value]
-    return tuple(_path(v, name, folder) for v in values)
+    return tuple(_file(v, name, folder) for v in values)
 
 
 def _text(value: Any, name: str, folder: Path) -> str:
@@ -193,11 +204,11 @@ def _choice(options: tuple[str, ...]) -> Convert:
 
 #: Top-level key -> (BuildOptions field or recipe field, converter).
 KEYS: dict[str, tuple[str, Convert]] = {
-    "base": ("base", _path),
+    "base": ("base", _file),
     "arch": ("arch", _text),
     "input_shape": ("input_shape", _shape),
     "out": ("out", _path),
-    "spa": ("spa", _path),
+    "spa": ("spa", _file),
     "tasks": ("tasks", lambda v, n, f: v),  # checked by _tasks
     "layout": ("layout", _choice(LAYOUTS)),
     "bench": ("bench", _choice(("none", "cpu", "gpu", "all"))),
@@ -212,15 +223,15 @@ KEYS: dict[str, tuple[str, Convert]] = {
     "atol": ("atol_scale", _wrap(validate.tolerance)),
     "verify_batches": ("verify_batches", _wrap(validate.batches)),
     "seed": ("seed", _wrap(validate.seed)),
-    "inputs": ("inputs", _paths),
+    "inputs": ("inputs", _files),
     "ignore_base_digest": ("ignore_base_digest", _flag),
     "description": ("description", _text),
 }
 TASK_KEYS: dict[str, Convert] = {
     "name": lambda v, n, f: validate.task_name(v, n),
-    "spa": _path,
-    "eval": _path,
-    "inputs": _paths,
+    "spa": _file,
+    "eval": _file,
+    "inputs": _files,
     "description": _text,
 }
 _RECIPE_FIELDS = ("base", "input_shape", "out", "spa", "tasks", "layout", "description")

@@ -32,6 +32,8 @@ def _kind(value: object) -> str:
         return f"a string '{shown(value, 40)}'"
     if value is None:
         return "nothing"
+    if isinstance(value, (list, dict)) and not value:
+        return f"an empty {type(value).__name__}"
     return f"{type(value).__name__} {shown(value, 40)}"
 
 
@@ -131,7 +133,8 @@ def choice(value: object, name: str, options: Iterable[str]) -> str:
 def task_name(value: object, name: str) -> str:
     """A task name: it names a folder of the package, so letters, digits, '.', '_', '-' (64 at most)."""
     if not isinstance(value, str) or not TASK_NAME.fullmatch(value):
-        raise InputError(f"{name}: task name {_kind(value)} is not a plain folder name: use 1 to 64 "
+        shown_value = f"'{shown(value, 60)}'" if isinstance(value, str) else _kind(value)
+        raise InputError(f"{name}: task name {shown_value} is not a plain folder name: use 1 to 64 "
                          "letters, digits, '.', '_' or '-', starting with a letter or digit")
     return value
 

@@ -41,24 +41,8 @@ class VerifyReport:
         w = self.worst
         if w is None:
             return "no cases"
-        return (f"{w['case']}: output '{w['output']}' at {w['index']}: expected {w['expected']:.7g}, "
-                f"got {w['got']:.7g} (allowed error {w['allowed']:.3g})")
-
-
-def load_inputs_npy(paths: list[Path], input_shape: tuple[int, ...]) -> list[tuple[str, np.ndarray]]:
-    out = []
-    for p in paths:
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except Exception as err:
-            raise InputError(f"{p}: cannot read as a .npy array: {err}") from err
-        if arr.ndim == len(input_shape) - 1:
-            arr = arr[None]
-        if arr.ndim != len(input_shape) or tuple(arr.shape[1:]) != tuple(input_shape[1:]):
-            raise InputError(f"{p}: shape {list(arr.shape)} does not match the input shape "
-                             f"[N, {', '.join(map(str, input_shape[1:]))}]")
-        out.append((f"input {p.name}", arr.astype(np.float32)))
-    return out
+        return (f"{w['case']}: output '{w['output']}' at {w['index']}: expected {w['expected']:.9g}, "
+                f"got {w['got']:.9g} (allowed error {w['allowed']:.3g})")
 
 
 def verify(reference: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], *,

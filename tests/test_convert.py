@@ -172,15 +172,21 @@ def test_build_end_to_end(base: dict[str, torch.Tensor], tmp_path: Path) -> None
     _assert_close(torch.from_numpy(np.asarray(got)), want, rtol=1e-4)
 
 
+def test_grouped_adapter_is_stored_merged() -> None:
+    """Version 1 has no grouped adapter: the library's update is kept exactly, as the merged weight."""
+    grouped = sp_adapters.SPLoRA(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), rank=1, init_range=0.5).eval()
+    base = {"0.weight": grouped[0].weight.detach().clone(), "0.bias": grouped[0].bias.detach().clone()}
+    spa = from_sp_adapters(grouped, base_state=base)
+    assert not spa.layers and torch.equal(spa.overrides["0.weight"], grouped[0].adapted_weight.detach())
+    assert not torch.equal(spa.overrides["0.weight"], base["0.weight"])
+
+
 def test_refuses_what_the_spec_cannot_hold() -> None:
-    grouped = sp_adapters.SPLoRA(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), rank=1)
-    with pytest.raises(InputError, match="groups=2"):
-        from_sp_adapters(grouped)
     attention = sp_adapters.SPLoRA(nn.Sequential(nn.MultiheadAttention(8, 2)), rank=1)
     with pytest.raises(InputError, match="SPLoRAMultiheadAttention"):
         from_sp_adapters(attention)
     linear = sp_adapters.SPLoRA(nn.Sequential(nn.Linear(4, 4)), rank=1)
     with pytest.raises(InputError, match="no Linear or ConvNd"):
         from_sp_adapters(linear, masks={"nope": (None, None)})
-    with pytest.raises(InputError, match="1-D bool tensor of 4 entries"):
+    with pytest.raises(InputError, match=r"expected a mask of 4 entries \(1-D\), got shape \[3\]"):
         from_sp_adapters(linear, masks={"0": (torch.ones(3, dtype=torch.bool), None)})

@@ -91,10 +91,10 @@ def bench(
     """Time MODEL (an .onnx file, or a TensorRT .engine on the GPU); given MODEL and
     MODEL2, time them alternately as dense and pruned and print the speedup."""
     from spa_export import validate
-    from spa_export.memory import check_batches_fit
+    from spa_export.memory import check_fits
     from spa_export.ownership import check_out_file
     from spa_export.runtime.bench import benchmark
-    from spa_export.runtime.footprint import largest_activation_bytes
+    from spa_export.runtime.footprint import activation_footprint
 
     if len(models) > 2:
         raise InputError(f"give one or two models, got {len(models)}")
@@ -107,7 +107,7 @@ def bench(
         json_out = check_out_file(json_out, inputs=models, option="--json", force=force)
     for path in models:
         if path.suffix == ".onnx":
-            check_batches_fit(largest_activation_bytes(path), {"--batch": max(batches)}, str(path))
+            check_fits(activation_footprint(path), {f"--batch {max(batches)}": max(batches)}, str(path))
     labels = ["dense", "pruned"] if len(models) == 2 else [models[0].stem]
     show = not quiet and sys.stderr.isatty()
 

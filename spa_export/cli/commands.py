@@ -8,6 +8,7 @@ from spa_export.cli.bench_cmd import bench
 from spa_export.cli.build_cmd import build
 from spa_export.cli.engine_cmd import engine
 from spa_export.cli.inspect_cmd import inspect_
+from spa_export.cli.pack_cmd import pack
 from spa_export.cli.synth_cmd import synth
 
-ALL: list[click.Command] = [build, synth, inspect_, bench, engine]
+ALL: list[click.Command] = [build, pack, synth, inspect_, bench, engine]

@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import torch
+from torch import nn
 
 from spa_export.plan.model import ConstantFold, GroupReport, ModulePlan, PrunePlan
 from spa_export.plan.trace import ChannelGraph
@@ -173,7 +174,18 @@ def _folds(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, plan: Pru
                 fold.bias = mean.clone()
             else:
                 fold.tensor = contrib.clone()
-        plan.folds[c.module] = fold
+                bn = graph.followers.get(c.module)
+                if bn is not None:  # after the batch-norm instead, so that runtimes fuse it into the conv
+                    fold.module, fold.tensor = bn, _past_batchnorm(graph.modules[bn], fold.tensor)
+        plan.folds[fold.module] = fold
+
+
+def _past_batchnorm(bn: nn.Module, constant: torch.Tensor) -> torch.Tensor:
+    """``C`` such that ``bn(z + constant) == bn(z) + C`` (eval mode: a per-channel affine map)."""
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    return (constant.double() * scale.reshape(-1, *([1] * (constant.dim() - 1)))).to(constant.dtype)
 
 
 def _reports(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, constant: np.ndarray,

@@ -86,6 +86,8 @@ class ChannelGraph:
     members: list[Member] = field(default_factory=list)
     spaces: list[tuple[str, np.ndarray]] = field(default_factory=list)
     modules: dict[str, nn.Module] = field(default_factory=dict)
+    #: convolution -> the batch-norm that is the only reader of its output (both called once)
+    followers: dict[str, str] = field(default_factory=dict)
 
     def new_ids(self, n: int, label: str, *, fixed_reason: str | None = None) -> np.ndarray:
         ids = self.uf.new(n)
@@ -196,6 +198,10 @@ class _Interpreter(fx.Interpreter):
             return self.linear(n, mod, x, value)
         if type(mod) in _BN and mod.track_running_stats and mod.running_mean is not None:
             self.g.members.append(Member(n.target, "batchnorm", x.ids))
+            src = n.args[0]
+            if (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
+                    and type(self.g.modules[src.target]) in _CONV and self.calls[src.target] == 1):
+                self.g.followers[src.target] = n.target
             return x
         if kind in ops.UNARY_MODULE_NAMES and _same_channels(value, result):
             return x

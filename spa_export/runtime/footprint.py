@@ -2,13 +2,15 @@
 
 ONNX's shape inference gives every intermediate tensor's shape with the batch
 axis symbolic; the largest one per sample bounds what a batch needs
-(:func:`spa_export.memory.check_batches_fit`). Models whose shapes cannot be
+(:func:`spa_export.memory.check_fits`). Models whose shapes cannot be
 inferred give no estimate.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from spa_export.memory import Footprint
 
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
 
@@ -29,8 +31,8 @@ def _per_sample(value_info: object) -> int:
     return n * _ITEMSIZE.get(t.elem_type, 4)
 
 
-def largest_activation_bytes(path: Path) -> int | None:
-    """Bytes of the largest tensor per sample in the model at ``path``; None if unknown."""
+def activation_footprint(path: Path) -> Footprint | None:
+    """The activation footprint per sample of the model at ``path``; None if unknown."""
     try:
         import onnx
 
@@ -39,5 +41,7 @@ def largest_activation_bytes(path: Path) -> int | None:
     except Exception:  # a model ONNX cannot read or infer is reported by the runtime itself
         return None
     graph = inferred.graph
-    infos = [*graph.input, *graph.value_info, *graph.output]
-    return max((_per_sample(v) for v in infos), default=0) or None
+    sizes = [_per_sample(v) for v in [*graph.input, *graph.value_info, *graph.output]]
+    if not sizes or not max(sizes):
+        return None
+    return Footprint(working=2 * max(sizes), total=sum(sizes))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -67,12 +69,28 @@ def _file_tensors(spa: SpaFile) -> dict[str, torch.Tensor]:
 
 
 def spa_bytes(spa: SpaFile) -> bytes:
-    """The bytes :func:`write_spa` writes for ``spa``."""
+    """The bytes :func:`write_spa` writes for ``spa``: the same SPA, the same bytes, in any process."""
     metadata = dict(spa.metadata)
     metadata.setdefault("spa.format", SPA_FORMAT)
     metadata.setdefault("spa.version", SPA_VERSION)
     check_metadata(metadata, spa.path)
-    return _st_save(_file_tensors(spa), metadata=metadata)
+    return canonical_safetensors(_st_save(_file_tensors(spa), metadata=metadata))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """Safetensors bytes with the header's keys in sorted order.
+
+    The safetensors library writes ``__metadata__`` from a hash map whose order
+    changes from one process to the next, so the same tensors and metadata
+    give different bytes (and file digests) on every run. Data offsets are
+    relative to the data section, so re-serialising the header sorted (and
+    padded to 8 bytes, as the format requires) leaves the data untouched.
+    """
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
 
 
 def write_spa(spa: SpaFile, path: str | os.PathLike[str]) -> Path:

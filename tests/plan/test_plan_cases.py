@@ -89,10 +89,14 @@ def test_case3_batchnorm_shift_is_folded(padding, expect_tensor):
     _zero_out(model[0], [2, 3, 4])
     pruned, plan = _prune(model)
     assert pruned[0].out_channels == 5
-    assert set(plan.folds) == {"3"}
-    # Zero padding makes the contribution differ at the border: a tensor; unpadded it is uniform: a bias.
-    assert isinstance(pruned[3], AddConstant) is expect_tensor
-    assert (plan.folds["3"].tensor is not None) is expect_tensor
+    # Zero padding makes the contribution differ at the border: a tensor, added after the batch-norm
+    # that follows the consumer (so that runtimes can still fuse that batch-norm into the conv);
+    # unpadded it is uniform: a bias of the consumer itself.
+    target = "4" if expect_tensor else "3"
+    assert set(plan.folds) == {target}
+    assert isinstance(pruned[4], AddConstant) is expect_tensor
+    assert isinstance(pruned[4].module if expect_tensor else pruned[4], nn.BatchNorm2d)
+    assert (plan.folds[target].tensor is not None) is expect_tensor
 
 
 def test_case3_naive_removal_would_be_wrong():

@@ -1,0 +1,66 @@
+"""``spa-export pack``: an SPA file from a network adapted and pruned with ``sp_adapters``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, OUTPUT
+
+
+@click.command("pack")
+@click.option("--arch", "--base-arch", "arch", required=True, help=ARCH_HELP)
+@click.option("--base", type=INPUT, required=True, help="The frozen base checkpoint the task was trained on.")
+@click.option("--adapted", type=INPUT, required=True,
+              help="The adapted network's state dict (model.state_dict() of the sp_adapters network, "
+                   ".pt or .safetensors; read without running code).")
+@click.option("--masks", type=INPUT, default=None,
+              help="Masks: a safetensors file of '<layer>.out_mask' / '<layer>.in_mask' (bool or 0/1). "
+                   "Masks kept in the network itself (output_mask, prune weight_mask, zeroed rows) are "
+                   "found without it.")
+@click.option("--input-shape", type=INPUT_SHAPE, required=True,
+              help="N,C,H,W to check the SPA against the adapted network at.")
+@click.option("--task", help="Task name stored in the file (spa.task).")
+@click.option("-o", "--output", type=OUTPUT, required=True, help="The SPA file to write.")
+@click.option("--json", "json_out", type=OUTPUT, default=None, help="Also write the pack report as JSON here.")
+@click.option("--force", is_flag=True, help="Replace existing output files (never an input).")
+def pack(arch: str, base: Path, adapted: Path, masks: Path | None, input_shape: tuple[int, ...], task: str | None,
+         output: Path, json_out: Path | None, force: bool) -> None:
+    """Write the task's SPA file: adapters for kept channels, masks, and only the overrides that
+    really differ from the base; then check it against the adapted network's forward pass."""
+    from spa_export import validate
+    from spa_export.ownership import check_out_file
+    from spa_export.pack import pack_checkpoint
+    from spa_export.publish import atomic_write_bytes
+    from spa_export.spa import write_spa
+
+    inputs = [base, adapted, *([masks] if masks else [])]
+    output = check_out_file(output, inputs=inputs, option="-o", force=force)
+    if json_out is not None:
+        json_out = check_out_file(json_out, inputs=[*inputs, output], option="--json", force=force)
+    if task is not None:
+        validate.task_name(task, "--task")
+    result = pack_checkpoint(arch, base, adapted, masks=masks, task=task, input_shape=input_shape)
+    write_spa(result.spa, output)
+    r = result.report
+    click.echo(f"{output}: {r['spa_bytes']:,} bytes, {r['fraction_of_base']:.2%} of the base "
+               f"({r['base_bytes']:,} bytes); {r['learned_params']['total']:,} learned parameters")
+    for m in r["masks"]:
+        sides = [f"{side} {m[side]['kept']}/{m[side]['of']} kept ({m[side]['source']})"
+                 for side in ("out", "in") if side in m]
+        click.echo(f"  mask {m['layer']}: {'; '.join(sides)}")
+    for o in r["overrides"]:
+        click.echo(f"  override {o['key']}: {o['reason']} ({o['elements']:,} values)")
+    for s in r["not_stored"]:
+        click.echo(f"  not stored {s['key']}: {s['reason']}")
+    c = r["check"]
+    own = c["vs_own_forward"]
+    click.echo(f"  check: the SPA's masked network equals the adapted network with its masks "
+               f"(worst {c['vs_masked_network']['max_err_over_scale']:.2e} of the output's scale); "
+               + ("and its own forward pass" if own["passed"] else
+                  f"NOT its own forward pass (worst {own['max_err_over_scale']:.2e}): "
+                  + "; ".join(c.get("why_own_forward_differs") or ["the masks prune what the network computes"])))
+    if json_out is not None:
+        atomic_write_bytes(json_out, (json.dumps(r, indent=2) + "\n").encode())
