@@ -191,12 +191,11 @@ def run_record(reports: dict[str, dict], root: Path) -> dict:
     return {"host": versions(), "files": files, "tasks": tasks}
 
 
-def write_package_files(root: Path, manifest: dict, reports: dict[str, dict], recipe: Recipe) -> None:
+def write_package_files(root: Path, manifest: dict, reports: dict[str, dict], *, recipe_name: str | None) -> None:
     from spa_export.report.summary import render_summary
 
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (root / SUMMARY).write_text(render_summary(manifest, reports, recipe_name=recipe.path.name
-                                               if recipe.path else None), encoding="utf-8")
+    (root / SUMMARY).write_text(render_summary(manifest, reports, recipe_name=recipe_name), encoding="utf-8")
 
 
 def build_package(opts: PackageOptions) -> PackageResult:
@@ -216,7 +215,7 @@ def build_package(opts: PackageOptions) -> PackageResult:
             part = {"tasks": [t.name for t in chosen], "of": [t.name for t in recipe.tasks],
                     "shard": list(opts.shard) if opts.shard else None}
         manifest = make_manifest(content, run_record(reports, staging), part)
-        write_package_files(staging, manifest, reports, recipe)
+        write_package_files(staging, manifest, reports, recipe_name=recipe.path.name if recipe.path else None)
         publish_whole(staging, out, kind="package-part" if part else "package")
     return PackageResult(out, manifest, reports)
 

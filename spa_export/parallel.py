@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 
 from spa_export.load import Base
+from spa_export.memory import release
 from spa_export.pipeline import BuildOptions, run_task, stage_names
 from spa_export.progress import StageProgress
 
@@ -53,4 +54,6 @@ def build_in_parallel(base: Base, jobs_list: list[Job], *, jobs: int, quiet: boo
         raise
     finally:
         pool.join()
+        del pool
+        release()  # the pool's locks and queues, before an exit that may skip interpreter clean-up
     return {name: reports[name] for name, _, _ in jobs_list}

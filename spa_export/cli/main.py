@@ -115,8 +115,8 @@ def main() -> None:
         click.echo(interrupts.message(stop), err=True)
         _exit_now(interrupts.exit_code(stop))
     except SystemExit as done:
-        if done.code in (130, 143):
-            _exit_now(int(done.code))
+        if done.code == 130:
+            _exit_now(130)
         raise
 
 
@@ -124,6 +124,7 @@ def _exit_now(code: int) -> None:
     # A KeyboardInterrupt that crossed C code running Python through PyRun_* (as
     # extension modules' initialisation may) makes CPython kill itself with SIGINT at
     # exit, whatever the exit code: end here so that the code is the documented one.
+    # (SIGTERM's exit, 143, goes the ordinary way, with the interpreter's clean-up.)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -119,6 +119,8 @@ class Case:
 
     def argv(self, out: Path, *, quiet: bool) -> list[str]:
         """The whole command line after ``spa-export``."""
+        if self.command == "assemble":
+            return ["assemble", *self.args, "--out", str(out)]
         if self.command != "build":
             return [self.command, *self.args]
         return ["build", *self.args, "--out", str(out), *(["-q"] if quiet else [])]
@@ -1016,3 +1018,168 @@ def spa_name_very_long(c: Corpus) -> Case:
     name = "x" * 20_000 + ".bogus"
     p = c.spa_with("longname.spa", **{name: torch.ones(1)})
     return Case("", c.args(spa=p), [str(p), "more characters)", "unknown tensor name"])
+
+
+# --------------------------------------------------------------------------- pack (issue 7)
+
+def _adapted_tiny(c: Corpus, name: str, edit: Callable[[torch.nn.Module], None] | None = None) -> Path:
+    """A state dict of the example network adapted with sp_adapters (SPLoRA rank 2)."""
+    import sp_adapters
+
+    from spa_export.examples import tiny_resnet
+
+    net = tiny_resnet()
+    net.load_state_dict(c.state)
+    lib = sp_adapters.SPLoRA(net, rank=2, init_range=0.1).eval()
+    if edit is not None:
+        edit(lib)
+    p = c.path(name)
+    torch.save(lib.state_dict(), str(p))
+    return p
+
+
+def _pack_args(c: Corpus, adapted: Path, *extra: str, out: str = "packed.spa") -> list[str]:
+    return ["--arch", "spa_export.examples:tiny_resnet", "--base", str(c.base), "--adapted", str(adapted),
+            "--input-shape", SHAPE, "-o", str(c.path(out)), *extra]
+
+
+@case
+def pack_fractional_masks(c: Corpus) -> Case:
+    masks = c.path("fractional-masks.safetensors")
+    save_file({"stem.0.out_mask": torch.linspace(0, 1, 16)}, str(masks))
+    return Case("", _pack_args(c, _adapted_tiny(c, "adapted1.pt"), "--masks", str(masks)),
+                ["'stem.0' out_mask", "other than 0 and 1", "threshold it first"], command="pack",
+                out=c.path("packed.spa"))
+
+
+@case
+def pack_masks_name_no_layer(c: Corpus) -> Case:
+    masks = c.path("nolayer-masks.safetensors")
+    save_file({"stem.9.out_mask": torch.ones(16, dtype=torch.bool)}, str(masks))
+    return Case("", _pack_args(c, _adapted_tiny(c, "adapted2.pt"), "--masks", str(masks)),
+                ["mask for 'stem.9'", "no Linear or ConvNd layer"], command="pack", out=c.path("packed.spa"))
+
+
+@case
+def pack_masks_file_wrong_keys(c: Corpus) -> Case:
+    masks = c.path("keys-masks.safetensors")
+    save_file({"stem.0.weight": torch.ones(16)}, str(masks))
+    return Case("", _pack_args(c, _adapted_tiny(c, "adapted3.pt"), "--masks", str(masks)),
+                [str(masks), "'stem.0.weight'", "'<layer>.out_mask'"], command="pack", out=c.path("packed.spa"))
+
+
+@case
+def pack_unstructured_prune_mask(c: Corpus) -> Case:
+    from torch.nn.utils import prune
+
+    def edit(lib: torch.nn.Module) -> None:
+        torch.manual_seed(0)
+        prune.random_unstructured(lib.stem[0], "weight", amount=0.4)
+
+    return Case("", _pack_args(c, _adapted_tiny(c, "adapted4.pt", edit)),
+                ["'stem.0'", "zeroes single weights", "prune channels"], command="pack", out=c.path("packed.spa"))
+
+
+@case
+def pack_adapted_of_another_architecture(c: Corpus) -> Case:
+    p = c.path("adapted-other.pt")
+    torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3)}, str(p))
+    return Case("", _pack_args(c, p), [str(p), "does not fit the architecture", "missing keys"],
+                command="pack", out=c.path("packed.spa"))
+
+
+@case
+def pack_adapted_not_a_state_dict(c: Corpus) -> Case:
+    p = c.path("adapted-list.pt")
+    torch.save([torch.zeros(3)], str(p))
+    return Case("", _pack_args(c, p), [str(p), "expected a state dict"], command="pack", out=c.path("packed.spa"))
+
+
+@case
+def pack_output_is_the_base(c: Corpus) -> Case:
+    adapted = _adapted_tiny(c, "adapted5.pt")
+    args = _pack_args(c, adapted)
+    args[args.index("-o") + 1] = str(c.base)
+    return Case("", [*args, "--force"], ["-o", str(c.base), "is the input"], command="pack", out=c.base)
+
+
+@case
+def pack_task_name_with_a_slash(c: Corpus) -> Case:
+    return Case("", _pack_args(c, _adapted_tiny(c, "adapted6.pt"), "--task", "a/b"),
+                ["--task", "'a/b'", "not a plain folder name"], command="pack", out=c.path("packed.spa"))
+
+
+# --------------------------------------------------------------------------- assemble (issue 7)
+
+def _part(c: Corpus, folder: str, *, base: Path | None = None, shard: str = "1/2", extra: str = "") -> Path:
+    """A part of a two-task recipe of the example, built for real into FOLDER/part."""
+    import shutil
+
+    root = c.path(folder)
+    root.mkdir(exist_ok=True)
+    shutil.copy(base or c.base, root / "base.safetensors")
+    shutil.copy(c.spa, root / "a.spa")
+    shutil.copy(c.spa, root / "b.spa")
+    (root / "recipe.yaml").write_text("base: base.safetensors\narch: spa_export.examples:tiny_resnet\n"
+                                      f"input_shape: {SHAPE}\nignore_base_digest: true\n{extra}"
+                                      "tasks:\n  - name: a\n    spa: a.spa\n  - name: b\n    spa: b.spa\n")
+    result = invoke(["build", str(root / "recipe.yaml"), "--shard", shard, "--out", str(root / "part"), "-q"])
+    assert result.exit_code == 0, result.stderr
+    return root / "part"
+
+
+@case
+def assemble_a_task_missing(c: Corpus) -> Case:
+    return Case("", [str(_part(c, "asm-one"))], ["the parts lack task(s) b", "--task b"], command="assemble",
+                out=c.path("assembled"))
+
+
+@case
+def assemble_parts_of_other_bases(c: Corpus) -> Case:
+    other = c.base_with("other-base.safetensors", stem__0__weight=c.state["stem.0.weight"] * 2)
+    a, b = _part(c, "asm-base1"), _part(c, "asm-base2", base=other, shard="2/2")
+    return Case("", [str(a), str(b)], [str(b), "built from another base"], command="assemble",
+                out=c.path("assembled"))
+
+
+@case
+def assemble_parts_of_other_recipes(c: Corpus) -> Case:
+    a, b = _part(c, "asm-rec1"), _part(c, "asm-rec2", shard="2/2", extra="rtol: 0.001\n")
+    return Case("", [str(a), str(b)], [str(b), "built from another recipe (or other settings)"],
+                command="assemble", out=c.path("assembled"))
+
+
+@case
+def assemble_parts_of_another_tool_version(c: Corpus) -> Case:
+    import hashlib
+
+    a, b = _part(c, "asm-ver1"), _part(c, "asm-ver2", shard="2/2")
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["content"]["tool"]["version"] = "0.0.9"
+    manifest["content_sha256"] = "sha256:" + hashlib.sha256(
+        json.dumps(manifest["content"], sort_keys=True).encode()).hexdigest()
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    (b / "manifest.json").write_bytes(data)
+    marker = json.loads((b / ".spa-export").read_text())     # as a part built by that version would be
+    marker["files"]["manifest.json"] = {"size": len(data), "sha256": "sha256:" + hashlib.sha256(data).hexdigest()}
+    (b / ".spa-export").write_text(json.dumps(marker))
+    return Case("", [str(a), str(b)], [str(b), "built from another spa-export version", "0.0.9"],
+                command="assemble", out=c.path("assembled"))
+
+
+@case
+def assemble_a_changed_model(c: Corpus) -> Case:
+    a, b = _part(c, "asm-chg1"), _part(c, "asm-chg2", shard="2/2")
+    with open(b / "b" / "model.onnx", "ab") as fh:
+        fh.write(b"\x00")
+    return Case("", [str(a), str(b)], [str(b), "b/model.onnx was changed after spa-export wrote it"],
+                command="assemble", out=c.path("assembled"))
+
+
+@case
+def assemble_not_a_part(c: Corpus) -> Case:
+    folder = c.path("not-a-part")
+    folder.mkdir(exist_ok=True)
+    (folder / "model.onnx").write_bytes(b"onnx?")
+    return Case("", [str(folder)], [str(folder), "not a package that spa-export built"], command="assemble",
+                out=c.path("assembled"))
