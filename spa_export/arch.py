@@ -106,6 +106,22 @@ def _call(spec: str, factory: Callable[..., object], kwargs: dict[str, object]) 
     return model.eval()
 
 
+#: torchvision classifiers whose default constructor adds auxiliary heads that run in training
+#: mode only. spa-export builds them without (``aux_logits=False``); a checkpoint saved from the
+#: default constructor holds the heads' entries, which are dropped (the report lists them).
+AUXILIARY_HEADS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
+
+
+def without_auxiliary_heads(spec: str, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` without the training-only auxiliary heads of ``spec``'s default constructor, and their keys."""
+    module, _, name = str(spec).strip().partition(":")
+    prefixes = AUXILIARY_HEADS.get(name, ()) if module == "torchvision" else ()
+    dropped = sorted(k for k in state if prefixes and k.startswith(prefixes))
+    if not dropped:
+        return dict(state), []
+    return {k: v for k, v in state.items() if not k.startswith(prefixes)}, dropped
+
+
 def build_loaded(spec: str, state_dict: Mapping[str, torch.Tensor], *, source: object = None) -> nn.Module:
     """The architecture with ``state_dict`` loaded strictly, sharing its tensors (nothing is copied).
 

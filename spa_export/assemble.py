@@ -7,7 +7,8 @@ Each part is a package that ``spa-export build RECIPE --shard i/n`` (or
 * its manifest's hashed part matches its digest, and every artefact its
   manifest lists has the recorded sha256,
 * it was built from the same recipe file, settings, base digest, tool
-  version and library versions as the other parts;
+  version and library versions as the other parts, and rounds channels to
+  the same multiple (``round_to: auto`` depends on the processor);
 
 and the parts together must hold every task of the recipe exactly once. The
 result equals the package one machine builds from the whole recipe: the same
@@ -91,6 +92,19 @@ def _agree(parts: Sequence[Part]) -> None:
                                  f"{shown(json.dumps(a, sort_keys=True), 160)})")
 
 
+def _same_rounding(parts: Sequence[Part]) -> None:
+    """Parts built on processors that favour other channel multiples give another package."""
+    seen: dict[int, str] = {}
+    for part in parts:
+        for name, task in part.manifest["content"].get("tasks", {}).items():
+            seen.setdefault(task.get("round_to"), f"{part.path} (task '{shown(name)}')")
+    if len(seen) > 1:
+        (a, where_a), (b, where_b) = list(seen.items())[:2]
+        raise InputError(f"{where_b} rounds channels to multiples of {b}, {where_a} to {a}: "
+                         f"round_to 'auto' chose differently on these machines' processors; "
+                         f"set round_to in the recipe (for example round_to: {max(a or 1, b or 1)}) and rebuild")
+
+
 def _coverage(parts: Sequence[Part]) -> list[str]:
     recipe_tasks = list(parts[0].manifest["content"]["recipe"]["tasks"])
     seen: dict[str, Path] = {}
@@ -112,6 +126,7 @@ def assemble(part_paths: Sequence[Path], out: Path) -> dict:
         raise InputError("give the parts to assemble (the --out folders of the sharded builds)")
     parts = [read_part(Path(p)) for p in part_paths]
     _agree(parts)
+    _same_rounding(parts)
     order = _coverage(parts)
     out = check_out_dir(out, inputs=[p.path for p in parts])
     by_task = {name: part for part in parts for name in part.tasks}

@@ -8,13 +8,13 @@ raised before any output is written.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from spa_export.arch import build_loaded, load_into, resize_for_overrides
+from spa_export.arch import build_loaded, load_into, resize_for_overrides, without_auxiliary_heads
 from spa_export.checkpoint import load_state_dict_file
 from spa_export.compat import check_compatible
 from spa_export.errors import ArchitectureError, BaseMismatchError, InputError, shown
@@ -31,11 +31,17 @@ class Loaded:
     spa: SpaFile
     spa_sha256: str
     model: nn.Module | None   # the task's base (overrides applied); None once merged
+    dropped: list[str] = field(default_factory=list)   # training-only entries of the base not used
 
     def to_json(self) -> dict:
+        base: dict = {"path": str(self.base_path), "digest": self.base_digest}
+        if self.dropped:
+            base["dropped"] = {"keys": len(self.dropped), "first": self.dropped[:3],
+                               "why": "auxiliary classifier heads of the architecture's default constructor: "
+                                      "they run in training mode only"}
         return {
             "arch": self.arch,
-            "base": {"path": str(self.base_path), "digest": self.base_digest},
+            "base": base,
             "spa": {"path": str(self.spa_path), "sha256": self.spa_sha256, "task": self.spa.task,
                     "arch": self.spa.arch, "base_digest": self.spa.base_digest},
         }
@@ -92,15 +98,15 @@ def load_task(base: Base, spa: str | os.PathLike, arch: str | None = None, *,
     arch_spec = resolve_arch(arch, spa_file)
     if spa_file.base_digest and spa_file.base_digest != base.digest and not ignore_base_digest:
         raise BaseMismatchError(spa_file.base_digest, base.digest, spa_path=spa_path)
-    state = base.state
+    state, dropped = without_auxiliary_heads(arch_spec, base.state)
     model = build_loaded(arch_spec, state, source=base.path)  # the base alone must fit
     check_compatible(spa_file, model, state)
     if spa_file.overrides:
         resize_for_overrides(model, spa_file.overrides)
         load_into(model, {**state, **spa_file.overrides}, source=spa_path, assign=True)
     _check_variances(model, base.path, spa_file)
-    return Loaded(arch_spec, base.path, spa_path, state, base.digest, spa_file, file_sha256(spa_path),
-                  model.float().eval())
+    return Loaded(arch_spec, base.path, spa_path, base.state, base.digest, spa_file, file_sha256(spa_path),
+                  model.float().eval(), dropped)
 
 
 def load_inputs(base: str | os.PathLike, spa: str | os.PathLike, arch: str | None = None, *,

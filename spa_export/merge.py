@@ -15,6 +15,7 @@ from torch import nn
 
 from spa_export.errors import InputError
 from spa_export.spa import LayerSpa, SpaFile
+from spa_export.threads import one_thread
 
 
 @dataclass
@@ -37,7 +38,7 @@ def merge(model: nn.Module, spa: SpaFile) -> tuple[nn.Module, MergeReport]:
     report = MergeReport()
     # The copy is private until it is returned: updates go straight into it, and a non-finite
     # result discards it whole (the caller's network is never touched).
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():  # W' goes into the file: the same bytes on any machine
         for name, layer in sorted(spa.layers.items()):
             mod = modules[name]
             weight, bias = merged_weights(mod, layer)

@@ -142,6 +142,8 @@ def task_content(recipe: Recipe, task: Task, opts: BuildOptions, report: dict, f
         "artefacts": artefacts,
         "params": report["params"], "macs": report["macs"],
         "learned_params": report["learned_params"]["total"],
+        # resolved here: with round_to 'auto' it depends on the processor that built the task
+        "round_to": report["rounding"]["multiple"],
     }
     if task.eval is not None:
         entry["eval"] = {"path": _relative(task.eval, recipe), "sha256": sha256_file(task.eval)}

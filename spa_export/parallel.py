@@ -22,8 +22,31 @@ from spa_export.progress import StageProgress
 Job = tuple[str, BuildOptions, Path]
 
 
-def _ignore_interrupts() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides and stops the workers
+def _start_worker(counter: object, jobs: int) -> None:
+    """Ignore Ctrl-C (the parent decides), and take this worker's share of the CPUs.
+
+    Without a share, every worker would run as many threads as the machine has
+    cores, and N workers would fight over them: slower than one process.
+    ONNX Runtime's thread count follows the affinity mask, torch's is set here.
+    """
+    import os
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with counter.get_lock():  # type: ignore[attr-defined]
+        index = counter.value  # type: ignore[attr-defined]
+        counter.value += 1  # type: ignore[attr-defined]
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return
+    share = [c for k, c in enumerate(cpus) if k % jobs == index % jobs] or cpus
+    try:
+        os.sched_setaffinity(0, share)
+    except OSError:
+        return
+    torch.set_num_threads(len(share))
 
 
 def _work(args: tuple[str, BuildOptions, Path, Base, int, int]) -> tuple[str, dict]:
@@ -44,7 +67,8 @@ def build_in_parallel(base: Base, jobs_list: list[Job], *, jobs: int, quiet: boo
     total = len(jobs_list)
     work = [(name, opts, folder, base, i, total) for i, (name, opts, folder) in enumerate(jobs_list, 1)]
     reports: dict[str, dict] = {}
-    pool = ctx.Pool(processes=min(jobs, total), initializer=_ignore_interrupts)
+    workers = min(jobs, total)
+    pool = ctx.Pool(processes=workers, initializer=_start_worker, initargs=(ctx.Value("i", 0), workers))
     try:
         for name, report in pool.imap_unordered(_work, work):
             reports[name] = report

@@ -46,7 +46,7 @@ class BuildOptions:
     arch: str | None = None
     opset: int = 17
     bench: str = "none"
-    round_to: int = 1
+    round_to: int | str = "auto"
     ignore_base_digest: bool = False
     inputs: tuple[Path, ...] = ()
     rtol: float = 1e-4
@@ -102,10 +102,23 @@ def check_gpu_available() -> None:
     """``--bench gpu`` alone: say at once, before any work, why it cannot run here."""
     from spa_export.runtime.onnxrt import cuda_provider_available
     from spa_export.runtime.tensorrt import gpu_unavailable_reason
+    from spa_export.runtime.torch_cuda import cuda_unavailable_reason
 
     reason = gpu_unavailable_reason()
     if reason and not cuda_provider_available():
-        raise InputError(f"--bench gpu: {reason}")
+        torch_reason = cuda_unavailable_reason()
+        if torch_reason:
+            raise InputError(f"--bench gpu: {reason}; and {torch_reason}, so PyTorch cannot time it either")
+
+
+def _torch_gpu_timing(bench: str) -> bool:
+    """Whether the GPU half will time the networks with PyTorch (no TensorRT, a CUDA device)."""
+    if bench not in ("gpu", "all"):
+        return False
+    from spa_export.runtime.tensorrt import gpu_unavailable_reason
+    from spa_export.runtime.torch_cuda import cuda_unavailable_reason
+
+    return gpu_unavailable_reason() is not None and cuda_unavailable_reason() is None
 
 
 def build(opts: BuildOptions) -> BuildResult:
@@ -178,7 +191,11 @@ def run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: Sta
         _check_runs(merged, shape, loaded.arch)
         dense_counts = (count_params(merged), count_macs(merged, shape))
     with progress.stage("plan"):
-        plan = make_plan(merged, shape, round_to=opts.round_to, seed=opts.seed)
+        from spa_export.plan.rounding import resolve as resolve_rounding
+
+        rounding = resolve_rounding(opts.round_to, opts.bench)
+        plan = make_plan(merged, shape, round_to=rounding.multiple, round_small=rounding.round_small,
+                         seed=opts.seed)
         release()  # the traced graph refers to the network it traced
     with progress.stage("apply"):
         pruned = apply_plan(merged, plan)
@@ -187,9 +204,13 @@ def run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: Sta
     with progress.stage("export"):
         if opts.bench != "none":
             export_onnx(merged, shape, staging / "dense.onnx", opset=opts.opset, exporter=opts.exporter)
+        # PyTorch's GPU timing needs both networks; otherwise each goes as soon as it is exported
+        networks = {"dense": merged} if _torch_gpu_timing(opts.bench) else None
         del merged
         release()
         export = export_onnx(pruned, shape, staging / "model.onnx", opset=opts.opset, exporter=opts.exporter)
+        if networks is not None:
+            networks["pruned"] = pruned
         del pruned
         release()
     with progress.stage("verify"):
@@ -219,6 +240,7 @@ def run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: Sta
         "merge": merge_report.to_json(),
         "groups": [g.to_json() for g in plan.groups],
         "groups_kept_whole": plan.groups_kept_whole(),
+        "rounding": {**rounding.to_dict(), "extra_channels": plan.rounding_extra()},
         "plan": plan.to_json(),
         "export": export.to_json(),
         "verification": verification.to_json(),
@@ -237,7 +259,9 @@ def run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: Sta
             report.update(benchmark({"dense": staging / "dense.onnx", "pruned": staging / "model.onnx"},
                                     device=opts.bench, batches=opts.bench_batches, threads=opts.threads,
                                     budget_s=opts.budget_s, seed=opts.seed,
-                                    progress=None if opts.quiet else progress.note))
+                                    progress=None if opts.quiet else progress.note,
+                                    networks=networks, sample_shape=shape))
+            networks = None
     with progress.stage("report"):
         report["versions"] = versions(torch.__version__)
         report["peak_rss_mb"] = peak_rss_mb()

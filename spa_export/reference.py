@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from spa_export.arch import build_loaded, load_into, resize_for_overrides
+from spa_export.arch import build_loaded, load_into, resize_for_overrides, without_auxiliary_heads
 from spa_export.spa import LayerSpa, SpaFile
 
 
@@ -28,6 +28,7 @@ def build_reference(arch: str, base_state: dict[str, torch.Tensor], spa: SpaFile
     ``layer.weight`` and ``layer.bias`` of every SPA layer read as the spec's
     ``W'`` and ``b'``, computed on each access.
     """
+    base_state, _ = without_auxiliary_heads(arch, base_state)     # training-only heads, never run
     model = build_loaded(arch, base_state, source="the base")
     if spa.overrides:                                             # step 1
         resize_for_overrides(model, spa.overrides)

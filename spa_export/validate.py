@@ -81,7 +81,12 @@ def budget(value: object, name: str) -> float:
     return number(value, name, minimum=0.0, maximum=MAX_BUDGET_S, open_min=True)
 
 
-def round_to(value: object, name: str) -> int:
+def round_to(value: object, name: str) -> int | str:
+    """``auto`` (the multiple this processor favours, chosen at plan time) or a multiple 1..1024."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and not re.fullmatch(r"[+-]?\d+", value.strip()):
+        raise InputError(f"{name}: expected 'auto' or an integer, got {_kind(value)}")
     return integer(value, name, minimum=1, maximum=MAX_ROUND_TO)
 
 

@@ -156,7 +156,7 @@ def test_build_end_to_end(base: dict[str, torch.Tensor], tmp_path: Path) -> None
     write_spa(from_sp_adapters(lib, masks=MASKS, task="conv", arch=ARCH, base_state=base_state),
               tmp_path / "task.spa")
     result = build(BuildOptions(base=tmp_path / "base.safetensors", spa=tmp_path / "task.spa",
-                                out=tmp_path / "out", input_shape=SHAPE, quiet=True))
+                                out=tmp_path / "out", input_shape=SHAPE, round_to=1, quiet=True))
     assert result.report["verification"]["passed"]
     # out-masked channels leave a batch-norm constant (spec case 3), in-masked ones are unread
     # by their only consumer (case 1): both kinds go

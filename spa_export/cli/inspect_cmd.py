@@ -19,18 +19,20 @@ from spa_export.cli.options import ARCH_HELP, INPUT
 def inspect_(spa_file: Path, base: Path | None, arch: str | None, input_shape: str | None,
              as_json: bool) -> None:
     """Task, adapted layers, rank, kept channels and learned parameters of SPA_FILE."""
+    from spa_export.errors import shown
     from spa_export.inspect import inspect_spa
 
     info = inspect_spa(spa_file, base=base, arch=arch, input_shape=input_shape)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"{spa_file}: task {info['task']!r}, arch {info['arch']!r}")
+    task, arch_ = (shown(info[k]) if info[k] is not None else None for k in ("task", "arch"))
+    click.echo(f"{spa_file}: task {task!r}, arch {arch_!r}")
     click.echo(f"  learned parameters (paper's count): {info['learned_params']['total']:,}")
     for layer in info["layers"]:
         kept = f"out {layer['out_kept']}/{layer['out']}" if layer["out"] else "out ?"
         kept += f", in {layer['in_kept']}/{layer['in']}" if layer["in"] else ""
-        click.echo(f"  {layer['name']}: {layer['kind'] or 'masks only'}"
+        click.echo(f"  {shown(layer['name'])}: {layer['kind'] or 'masks only'}"
                    f"{' rank ' + str(layer['rank']) if layer['rank'] else ''}; {kept}")
     if "pruned_params" in info:
         click.echo(f"  network parameters: dense {info['dense_params']:,}, pruned {info['pruned_params']:,}")

@@ -14,7 +14,7 @@ __all__ = ["ChannelGraph", "ConstantFold", "GroupReport", "ModulePlan", "PrunePl
 
 
 def make_plan(model: nn.Module, input_shape: tuple[int, ...] | list[int], *, round_to: int = 1,
-              seed: int = 0) -> PrunePlan:
+              round_small: bool = True, seed: int = 0) -> PrunePlan:
     """Trace ``model`` (the merged, masked network; not modified) and plan its channel removal.
 
     A network that torch.fx cannot trace keeps every channel (still exact, only not smaller);
@@ -26,4 +26,4 @@ def make_plan(model: nn.Module, input_shape: tuple[int, ...] | list[int], *, rou
         plan = PrunePlan(input_shape=list(input_shape), round_to=round_to)
         plan.untraced = str(err)
         return plan
-    return decide(graph, list(input_shape), round_to=round_to)
+    return decide(graph, list(input_shape), round_to=round_to, round_small=round_small)

@@ -22,15 +22,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from spa_export.plan.model import ConstantFold, GroupReport, ModulePlan, PrunePlan
+from spa_export.plan.model import ROUNDING_REASON, ConstantFold, GroupReport, ModulePlan, PrunePlan
 from spa_export.plan.trace import ChannelGraph
+from spa_export.threads import one_thread
 
 # Spatial variation of a constant contribution below this fraction of its
 # magnitude is rounding noise: the contribution goes into the bias.
 UNIFORM_RTOL = 1e-6
 
 
-def decide(graph: ChannelGraph, input_shape: list[int], *, round_to: int = 1) -> PrunePlan:
+def decide(graph: ChannelGraph, input_shape: list[int], *, round_to: int = 1,
+           round_small: bool = True) -> PrunePlan:
+    """The channels to remove. ``round_to``: every group keeps a multiple of it; with
+    ``round_small`` False, groups that keep fewer than ``round_to`` channels are left as the
+    masks ask (``--round-to auto``: a runtime takes a layer narrower than one block as is)."""
     n = len(graph.uf)
     root = np.fromiter((graph.uf.find(i) for i in range(n)), dtype=np.int64, count=n)
     reason: dict[int, str] = {}
@@ -58,7 +63,7 @@ def decide(graph: ChannelGraph, input_shape: list[int], *, round_to: int = 1) ->
         # A channel no consumer reads at all, that reaches no output, is dead: it goes too.
         removed[r] = r not in reason
     groups = dependency_groups(graph, root, present)
-    _constrain(graph, root, removed, reason, groups, round_to)
+    _constrain(graph, root, removed, reason, groups, round_to, round_small)
 
     plan = PrunePlan(input_shape=list(input_shape), round_to=round_to)
     _module_plans(graph, root, removed, plan)
@@ -95,7 +100,7 @@ def dependency_groups(graph: ChannelGraph, root: np.ndarray,
 
 
 def _constrain(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, reason: dict[int, str],
-               groups: list[tuple[list[int], np.ndarray]], round_to: int) -> None:
+               groups: list[tuple[list[int], np.ndarray]], round_to: int, round_small: bool) -> None:
     def keep(r: int, why: str) -> None:
         removed[r] = False
         reason[r] = why
@@ -121,9 +126,11 @@ def _constrain(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, reaso
         if round_to > 1:
             for _, roots in groups:
                 kept = int((~removed[roots]).sum())
+                if kept < round_to and not round_small:
+                    continue
                 short = (-kept) % round_to
                 for r in roots[removed[roots]][:short].tolist():
-                    keep(r, f"kept to round the group to a multiple of {round_to}")
+                    keep(r, f"{ROUNDING_REASON} {round_to}")
                     changed = True
 
 
@@ -162,7 +169,8 @@ def _folds(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, plan: Pru
         stored = np.searchsorted(np.nonzero(~c.dep)[0], pos)
         only = torch.zeros(c.shape, dtype=c.value.dtype)
         only[:, torch.as_tensor(pos)] = c.value[:, torch.as_tensor(stored)]
-        contrib = (mod(only) - mod(torch.zeros_like(only)))[0]
+        with one_thread():  # these values go into the file: the same bytes whatever the core count
+            contrib = (mod(only) - mod(torch.zeros_like(only)))[0]
         fold = ConstantFold(c.module, len(np.unique(root[c.ids][pos])))
         if contrib.dim() == 1:
             fold.bias = contrib.clone()

@@ -74,6 +74,9 @@ class GroupReport:
         }
 
 
+ROUNDING_REASON = "kept to round the group to a multiple of"
+
+
 @dataclass
 class PrunePlan:
     input_shape: list[int]
@@ -91,6 +94,10 @@ class PrunePlan:
                 reason = max(g.kept_reasons.items(), key=lambda kv: kv[1])[0]
                 out.append({"id": g.id, "channels": g.channels, "reason": reason})
         return out
+
+    def rounding_extra(self) -> int:
+        """Channels the masks prune that the plan keeps to round groups up to ``round_to``."""
+        return sum(n for g in self.groups for why, n in g.kept_reasons.items() if why.startswith(ROUNDING_REASON))
 
     def to_json(self) -> dict:
         return {

@@ -77,6 +77,12 @@ def _summary(report: Mapping[str, Any]) -> list[str]:
         if pair:
             _, ratio = _ratio(pair.get("dense"), pair.get("pruned"))
             rows.append((label, f"{fmt(pair.get('dense'))} → {fmt(pair.get('pruned'))} ({ratio})"))
+    rounding = report.get("rounding") or {}
+    if rounding:
+        extra = rounding.get("extra_channels")
+        rows.append(("Channel rounding", f"multiples of {rounding.get('multiple')} "
+                     f"({rounding.get('requested')}: {rounding.get('why')})"
+                     + (f"; {extra} channel(s) kept beyond the masks" if extra else "")))
     learned = report.get("learned_params") or {}
     if learned:
         rows.append(("Learned parameters", _int(learned.get("total"))))
@@ -165,10 +171,13 @@ def _gpu(report: Mapping[str, Any]) -> list[str]:
         lines += [f"GPU note: {gpu['reason']}.", ""]
     numerics = report.get("gpu_numerics") or []
     if numerics:
-        lines += ["TensorRT outputs against ONNX Runtime on the CPU:", ""]
-        lines += _table(("Model", "Precision", "Batch", "Max abs err", "Err / scale", "Result"),
-                        [(a.get("model"), a.get("precision"), a.get("batch"),
+        lines += ["GPU outputs against the verified ONNX model on ONNX Runtime (CPU); tolerance "
+                  "rtol and atol × output scale as listed:", ""]
+        lines += _table(("Model", "GPU runtime", "Precision", "Batch", "Max abs err", "Err / scale",
+                         "Tolerance", "Result"),
+                        [(a.get("model"), a.get("runtime", "tensorrt"), a.get("precision"), a.get("batch"),
                           _sci(a.get("max_abs_err")), _sci(a.get("max_err_over_scale")),
+                          f"{_sci(a.get('rtol'))} / {_sci(a.get('atol_over_scale'))}",
                           "within tolerance" if a.get("passed") else "**outside tolerance**")
                          for a in numerics]) + [""]
     return lines

@@ -1,10 +1,11 @@
 """Benchmark dense against pruned: the API the build pipeline and ``spa-export bench`` call.
 
 CPU: ONNX Runtime, models alternating in blocks (:func:`~spa_export.runtime.timing.compare`).
-GPU: TensorRT engines in float32 and float16 built here (and ONNX Runtime's CUDA
-provider where ``onnxruntime-gpu`` is installed); TensorRT's outputs are
-compared with ONNX Runtime's on the CPU with a tolerance suited to the precision
-and the result recorded. A GPU that was asked for and is missing is an
+GPU: TensorRT engines in float32 and float16 built here; where TensorRT is missing
+and the build holds the networks, the same networks with PyTorch on CUDA
+(``torch-cuda``); ONNX Runtime's CUDA provider besides where ``onnxruntime-gpu``
+is installed. The GPU outputs are compared with ONNX Runtime's on the CPU with a
+tolerance suited to the precision (``gpu_numerics``). A GPU that was asked for and is missing is an
 :class:`~spa_export.errors.InputError` with ``device="gpu"``, and a
 ``{"status": "skipped", "reason": ...}`` note with ``device="all"``.
 """
@@ -127,19 +128,18 @@ def _time_group(
 
 
 def _numerics(
-    onnx_models: Mapping[str, Path], engines: Mapping[str, Path], feeds: Mapping[int, Feed],
+    onnx_models: Mapping[str, Path], gpu_runners: Mapping[str, Runner], feeds: Mapping[int, Feed],
     precision: str, threads: int | None,
 ) -> list[dict[str, Any]]:
+    """Each GPU runner's outputs against the verified ONNX file on ONNX Runtime (CPU)."""
     from spa_export.runtime.onnxrt import OnnxRuntimeRunner
-    from spa_export.runtime.tensorrt import TensorRTRunner
 
     rtol, atol_scale = GPU_TOLERANCE[precision]
     rows = []
     for label, onnx_path in onnx_models.items():
-        with OnnxRuntimeRunner(onnx_path, threads=threads) as ref, \
-                TensorRTRunner(engines[label]) as trt_runner:
+        with OnnxRuntimeRunner(onnx_path, threads=threads) as ref, gpu_runners[label] as gpu_runner:
             for batch, feed in feeds.items():
-                want, got = ref.infer(feed), trt_runner.infer(feed)
+                want, got = ref.infer(feed), gpu_runner.infer(feed)
                 worst_abs, worst_rel, passed = 0.0, 0.0, True
                 for name, expected in want.items():
                     exp = np.asarray(expected, dtype=np.float64)
@@ -151,21 +151,32 @@ def _numerics(
                     out_abs = float(err.max()) if err.size else 0.0
                     worst_abs = max(worst_abs, out_abs)
                     worst_rel = max(worst_rel, out_abs / scale if scale > 0 else 0.0)
-                rows.append({"model": label, "precision": precision, "batch": batch,
+                rows.append({"model": label, "runtime": gpu_runner.runtime, "precision": precision,
+                             "batch": batch,
                              "reference": "onnxruntime CPUExecutionProvider",
                              "max_abs_err": worst_abs, "max_err_over_scale": worst_rel,
                              "rtol": rtol, "atol_over_scale": atol_scale, "passed": passed})
     return rows
 
 
+def _precisions(fp16: bool | None) -> list[str]:
+    return ["fp32", "fp16"] if fp16 is None else (["fp16"] if fp16 else ["fp32"])
+
+
 def _gpu_part(
     models: Mapping[str, Path], batches: Sequence[int], *, fp16: bool | None, threads: int | None,
     opt_level: str, config: TimingConfig, engine_dir: Path | None, timing_cache: Path | None,
     seed: int, progress: Progress | None, result: dict[str, Any],
+    networks: Mapping[str, Any] | None, sample_shape: tuple[int, ...] | None,
 ) -> str | None:
-    """Time on the GPU what can be timed here; return why nothing could, else None."""
+    """Time on the GPU what can be timed here; return why nothing could, else None.
+
+    TensorRT where it is installed; else, for a build that holds the networks, PyTorch on
+    CUDA; ONNX Runtime's CUDA provider besides, where ``onnxruntime-gpu`` is installed.
+    """
     from spa_export.runtime.onnxrt import CudaOnnxRuntimeRunner, cuda_provider_available
     from spa_export.runtime.tensorrt import TensorRTRunner, gpu_unavailable_reason
+    from spa_export.runtime.torch_cuda import TorchCudaRunner, cuda_unavailable_reason
 
     are_engines = all(p.suffix == ".engine" for p in models.values())
     trt_reason = gpu_unavailable_reason()
@@ -181,8 +192,21 @@ def _gpu_part(
             ran = True
         except InputError as err:
             notes.append(f"onnxruntime CUDA: {err}")
-    if trt_reason is not None:
-        notes.append(trt_reason)
+    if trt_reason is not None and networks is not None and cuda_unavailable_reason() is None:
+        notes.append(f"{trt_reason}: timed with PyTorch on CUDA instead")
+        for precision in _precisions(fp16):
+            runners = {k: TorchCudaRunner(networks[k], sample_shape, precision=precision, name=k)
+                       for k in models}
+            entries, feeds = _time_group(runners, batches, seed, config, progress, f"gpu torch-cuda {precision}")
+            result["latency"].extend(entries)
+            checks = {k: TorchCudaRunner(networks[k], sample_shape, precision=precision, name=k)
+                      for k in models}
+            result["gpu_numerics"].extend(_numerics(models, checks, feeds, precision, threads))
+            ran = True
+    elif trt_reason is not None:
+        reason = cuda_unavailable_reason() if networks is not None else \
+            "PyTorch's CUDA path times the networks a build holds (spa-export build --bench gpu), not ONNX files"
+        notes.append(f"{trt_reason}; {reason}" if reason else trt_reason)
     elif are_engines:
         runners = {k: TensorRTRunner(p, name=k) for k, p in models.items()}
         entries, _ = _time_group(runners, batches, seed, config, progress, "gpu tensorrt")
@@ -191,7 +215,7 @@ def _gpu_part(
     else:
         from spa_export.runtime.engine import build_engine
 
-        precisions = ["fp32", "fp16"] if fp16 is None else (["fp16"] if fp16 else ["fp32"])
+        precisions = _precisions(fp16)
         with tempfile.TemporaryDirectory(prefix="spa-export-engines-") as tmp:
             out_dir = Path(engine_dir) if engine_dir is not None else Path(tmp)
             for precision in precisions:
@@ -203,7 +227,8 @@ def _gpu_part(
                 entries, feeds = _time_group(runners, batches, seed, config, progress,
                                              f"gpu tensorrt {precision}")
                 result["latency"].extend(entries)
-                result["gpu_numerics"].extend(_numerics(models, engines, feeds, precision, threads))
+                checks = {k: TensorRTRunner(e, name=k) for k, e in engines.items()}
+                result["gpu_numerics"].extend(_numerics(models, checks, feeds, precision, threads))
                 ran = True
     if not ran:
         return "; ".join(notes) or "nothing could run on the GPU"
@@ -225,12 +250,16 @@ def benchmark(
     timing_cache: Path | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    networks: Mapping[str, Any] | None = None,
+    sample_shape: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """Time ``models`` (label -> .onnx, or .engine for the GPU) at every batch size.
 
-    ``fp16``: None times float32 and float16 engines, True float16 only, False
-    float32 only. ``timing`` overrides ``budget_s``. Returns ``{"latency",
-    "speedup", "environment", "gpu", "gpu_numerics", "config"}``.
+    ``fp16``: None times float32 and float16 (engines, or networks cast), True float16
+    only, False float32 only. ``timing`` overrides ``budget_s``. ``networks`` (label ->
+    torch module computing what the label's ONNX file computes) and ``sample_shape``
+    let the GPU half time them with PyTorch on CUDA where TensorRT is missing.
+    Returns ``{"latency", "speedup", "environment", "gpu", "gpu_numerics", "config"}``.
     """
     if not models:
         raise InputError("no model to benchmark")
@@ -268,7 +297,8 @@ def benchmark(
     if device in ("gpu", "all"):
         reason = _gpu_part(paths, batch_list, fp16=fp16, threads=threads, opt_level=opt_level,
                            config=config, engine_dir=engine_dir, timing_cache=timing_cache,
-                           seed=seed, progress=progress, result=result)
+                           seed=seed, progress=progress, result=result, networks=networks,
+                           sample_shape=sample_shape)
         if reason is not None:
             if device == "gpu" or not result["latency"]:
                 raise InputError(f"cannot benchmark on the GPU: {reason}")

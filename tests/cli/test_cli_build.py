@@ -91,23 +91,26 @@ def test_round_to_keeps_multiples(example, tmp_path):
 def test_gpu_alone_without_a_gpu_is_refused_up_front(example, tmp_path):
     pytest.importorskip("onnxruntime")
     from spa_export.runtime.tensorrt import gpu_unavailable_reason
+    from spa_export.runtime.torch_cuda import cuda_unavailable_reason
 
-    if gpu_unavailable_reason() is None:
-        pytest.skip("this machine has a GPU with TensorRT")
+    if gpu_unavailable_reason() is None or cuda_unavailable_reason() is None:
+        pytest.skip("this machine has a GPU (TensorRT or PyTorch with CUDA)")
     out = tmp_path / "gpu"
     r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
              str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
              "--bench", "gpu", "-q")
     assert r.returncode == 2
     assert r.stderr.startswith("error: --bench gpu: ") and "Traceback" not in r.stderr
+    assert "PyTorch cannot time it either" in r.stderr and r.stderr.count("\n") == 1
     assert not out.exists()
 
 
 def test_bench_all_without_a_gpu_times_the_cpu_and_says_why_not_the_gpu(example, tmp_path):
     from spa_export.runtime.tensorrt import gpu_unavailable_reason
+    from spa_export.runtime.torch_cuda import cuda_unavailable_reason
 
-    if gpu_unavailable_reason() is None:
-        pytest.skip("this machine has a GPU with TensorRT")
+    if gpu_unavailable_reason() is None or cuda_unavailable_reason() is None:
+        pytest.skip("this machine has a GPU (TensorRT or PyTorch with CUDA)")
     out = tmp_path / "all"
     r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
              str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
@@ -141,3 +144,27 @@ def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, example, tmp
     assert result.exit_code == 2
     assert "internal error (RuntimeError: something we did not foresee)" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.gpu
+def test_bench_gpu_with_pytorch_cuda_times_dense_and_pruned(example, tmp_path):
+    from spa_export.runtime.tensorrt import gpu_unavailable_reason
+    from spa_export.runtime.torch_cuda import cuda_unavailable_reason
+
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"needs a CUDA device visible to PyTorch: {reason}")
+    if gpu_unavailable_reason() is None:
+        pytest.skip("TensorRT is installed: --bench gpu uses it instead of PyTorch")
+    out = tmp_path / "gpu"
+    r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
+             str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
+             "--bench", "gpu", "--budget", "0.1", "--batch", "1", "--batch", "8", "-q")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    gpu = [e for e in report["latency"] if e["device"] == "gpu"]
+    assert {(e["runtime"], e["model"], e["precision"], e["batch"]) for e in gpu} == {
+        ("torch-cuda", m, p, b) for m in ("dense", "pruned") for p in ("fp32", "fp16") for b in (1, 8)}
+    assert report["gpu_numerics"] and all(n["passed"] for n in report["gpu_numerics"])
+    assert report["rounding"]["multiple"] == 8  # the GPU target: fp16 tensor-core multiples
+    assert "torch-cuda fp16" in (out / "report.md").read_text()

@@ -713,6 +713,11 @@ def round_to_zero(c: Corpus) -> Case:
 
 
 @case
+def round_to_word(c: Corpus) -> Case:
+    return Case("", c.args(extra=("--round-to", "fastest")), ["--round-to", "expected 'auto' or an integer"])
+
+
+@case
 def budget_zero(c: Corpus) -> Case:
     return Case("", c.args(extra=("--bench", "cpu", "--budget", "0")), ["--budget 0", "greater than 0"])
 

@@ -58,7 +58,9 @@ def _build_uncached(arch, shape, base, base_path, root, masks: str, **synth_kw):
     spa_path = root / f"{masks}.spa"
     write_spa(spa, spa_path)
     out = root / f"out-{masks}"
-    report = build(BuildOptions(base=base_path, spa=spa_path, out=out, input_shape=shape, quiet=True)).report
+    # round_to 1: the widths the masks ask for, exactly (the default rounds to the processor's block)
+    report = build(BuildOptions(base=base_path, spa=spa_path, out=out, input_shape=shape, round_to=1,
+                                quiet=True)).report
     reference = build_reference(arch, base, spa)
     return spa, out, report, reference
 
@@ -117,3 +119,34 @@ def test_report_contents(arch_case):
     assert report["macs"]["pruned"] < report["macs"]["dense"]
     assert (out / "report.md").read_text().startswith("# spa-export report")
     assert Path(out / "model.onnx").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("name", "shape"), [("googlenet", (1, 3, 64, 64)), ("inception_v3", (1, 3, 80, 80))])
+def test_checkpoint_of_the_default_constructor_with_auxiliary_heads(name: str, shape: tuple, tmp_path: Path) -> None:
+    """torchvision's default GoogLeNet and Inception-v3 add training-only auxiliary heads: accepted,
+    their entries dropped and listed in the report."""
+    import torch
+    import torchvision
+
+    arch = f"torchvision:{name}"
+    with torch.device("meta"):
+        default = torchvision.models.get_model(name, weights=None)    # aux_logits=True, as users save it
+    aux = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(0)) if v.is_floating_point()
+           else torch.zeros(v.shape, dtype=v.dtype)
+           for k, v in default.state_dict().items() if k.startswith(("aux1.", "aux2.", "AuxLogits."))}
+    assert aux
+    state = {**random_base(arch, shape, seed=0), **aux}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "base.safetensors"))
+    write_spa(synth_spa(arch, shape, prune=0.5, rank=4, seed=1, masks="out-only", base_state=state),
+              tmp_path / "task.spa")
+    report = build(BuildOptions(base=tmp_path / "base.safetensors", spa=tmp_path / "task.spa",
+                                out=tmp_path / "out", input_shape=shape, quiet=True)).report
+    dropped = report["inputs"]["base"]["dropped"]
+    assert dropped["keys"] == len(aux) and dropped["why"].startswith("auxiliary classifier heads")
+    assert report["verification"]["passed"] and report["params"]["pruned"] < report["params"]["dense"]
+    import onnxruntime as ort  # the verification meant something: the output depends on the input
+
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(3)).numpy()
+    out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert abs(out[0] - out[1]).max() > 1e-3 * abs(out).max()

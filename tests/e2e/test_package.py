@@ -92,6 +92,22 @@ def test_shards_assembled_equal_the_single_machine_package(single: Path, tmp_pat
     assert sorted(p.name for p in (tmp_path / "pkg").iterdir()) == sorted(p.name for p in single.iterdir())
 
 
+def test_parts_whose_processors_chose_other_roundings_are_refused(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """round_to 'auto' follows the processor: an AVX2 runner's part and an AVX-512 one's differ."""
+    from spa_export.plan import rounding
+
+    parts = [tmp_path / "p1", tmp_path / "p2"]
+    monkeypatch.setattr(rounding, "cpu_flags", lambda: {"avx", "avx2", "avx512f"})
+    _build(parts[0], "--shard", "1/2")
+    monkeypatch.setattr(rounding, "cpu_flags", lambda: {"avx", "avx2"})
+    _build(parts[1], "--shard", "2/2")
+    result = invoke(["assemble", *map(str, parts), "--out", str(tmp_path / "pkg")])
+    assert result.exit_code == 2 and not (tmp_path / "pkg").exists()
+    assert "rounds channels to multiples of 8" in result.stderr and "to 16" in result.stderr
+    assert "set round_to in the recipe" in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_triton_layout(tmp_path: Path) -> None:
     out = tmp_path / "repo"
     _build(out, "--layout", "triton", "--task", "parity")

@@ -103,8 +103,13 @@ def test_gpu_entries_and_accuracy() -> None:
     report = {"latency": [{**_entry("dense", 1, 1.0), **gpu}, {**_entry("pruned", 1, 0.5), **gpu}],
               "gpu": {"status": "ok", "reason": None},
               "gpu_numerics": [{"model": "dense", "precision": "fp16", "batch": 1,
-                            "max_abs_err": 1e-3, "max_err_over_scale": 1e-4, "passed": True}]}
+                                "max_abs_err": 1e-3, "max_err_over_scale": 1e-4, "passed": True,
+                                "rtol": 0.02, "atol_over_scale": 0.02},
+                               {"model": "pruned", "runtime": "torch-cuda", "precision": "fp16", "batch": 8,
+                                "max_abs_err": 0.5, "max_err_over_scale": 0.3, "passed": False,
+                                "rtol": 0.02, "atol_over_scale": 0.02}]}
     md = render_markdown(report, None)
     assert "| gpu | tensorrt fp16 | 1 | 1 |" in md and "×2.00 | n/a |" in md
-    assert "| dense | fp16 | 1 | 0.001 | 0.0001 | within tolerance |" in md
+    assert "| dense | tensorrt | fp16 | 1 | 0.001 | 0.0001 | 0.02 / 0.02 | within tolerance |" in md
+    assert "| pruned | torch-cuda | fp16 | 8 | 0.5 | 0.3 | 0.02 / 0.02 | **outside tolerance** |" in md
     assert "skipped" not in md

@@ -34,6 +34,7 @@ SCRIPT = textwrap.dedent('''
         "spa_export.runtime", "spa_export.runtime.runner", "spa_export.runtime.onnxrt",
         "spa_export.runtime.tensorrt", "spa_export.runtime.engine", "spa_export.runtime.timing",
         "spa_export.runtime.environment", "spa_export.runtime.bench",
+        "spa_export.runtime.torch_cuda",
         "spa_export.report", "spa_export.report.markdown", "spa_export.report.plots",
         "spa_export.cli.bench_cmd", "spa_export.cli.engine_cmd",
     ]:
