@@ -76,6 +76,11 @@ def _slice_conv(mod: nn.Module, name: str, mp: ModulePlan) -> nn.Module:
     if len({len(x) for x in local}) != 1 or len({len(x) for x in outs}) != 1 or not local[0] or not outs[0]:
         raise BuildError(f"internal error: the plan leaves unequal groups in '{name}'")
     new = _conv_like(mod, len(in_i), len(out_i), g)
+    if g == 1:  # plain rows and columns: no per-row gather to build
+        new.weight.copy_(mod.weight[out_i][:, in_i])
+        if mod.bias is not None:
+            new.bias.copy_(mod.bias[out_i])
+        return new
     cols = torch.as_tensor([local[int(o) // per_out] for o in out_i.tolist()], dtype=torch.long)
     w = mod.weight[out_i]
     new.weight.copy_(torch.gather(w, 1, cols.view(*cols.shape, *([1] * (w.dim() - 2))).expand(
@@ -86,11 +91,14 @@ def _slice_conv(mod: nn.Module, name: str, mp: ModulePlan) -> nn.Module:
 
 
 def _conv_like(mod: nn.Module, cin: int, cout: int, groups: int, *, bias: bool | None = None) -> nn.Module:
-    return type(mod)(
+    """An empty convolution like ``mod`` (made on the meta device: no random initialisation
+    to pay for, every value is copied in by the caller)."""
+    new = type(mod)(
         cin, cout, mod.kernel_size, stride=mod.stride, padding=mod.padding, dilation=mod.dilation,
         groups=groups, bias=(mod.bias is not None) if bias is None else bias,
-        padding_mode=mod.padding_mode,
-    ).eval()
+        padding_mode=mod.padding_mode, device="meta", dtype=mod.weight.dtype,
+    )
+    return new.to_empty(device=mod.weight.device).eval()
 
 
 def _slice_bn(mod: nn.Module, keep: torch.Tensor) -> nn.Module:

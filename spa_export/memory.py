@@ -5,18 +5,28 @@ that memory from going back to the system: reference cycles (torch.fx graphs
 point at the module they traced, and back) wait for the cyclic garbage
 collector, and glibc keeps freed blocks in its heap. :func:`release` runs the
 collector and asks glibc to return free pages.
+
+A full collection walks every object the process holds, and after importing
+torch, ONNX and ONNX Runtime that is over a million of them: 0.17 s per call,
+a quarter of a ResNet-50 build. Inside :func:`young_heap` (a build's stages)
+the objects that were alive before are frozen, and a collection walks only
+what the build made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
 import resource
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+_frozen_depth = 0
 
 
 @cache
@@ -36,6 +46,27 @@ def release() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+@contextlib.contextmanager
+def young_heap() -> Iterator[None]:
+    """While the block runs, :func:`release` collects only objects created in it.
+
+    What was alive before the block (the libraries' modules, classes and caches)
+    is moved aside with :func:`gc.freeze` and put back on exit, also on error;
+    garbage from before is collected as usual afterwards. Nested blocks share the
+    outermost one.
+    """
+    global _frozen_depth
+    if _frozen_depth == 0:
+        gc.freeze()
+    _frozen_depth += 1
+    try:
+        yield
+    finally:
+        _frozen_depth -= 1
+        if _frozen_depth == 0:
+            gc.unfreeze()
 
 
 def peak_rss_mb() -> float:

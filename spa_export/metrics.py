@@ -31,7 +31,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         elif isinstance(mod, nn.Linear):
             handles.append(mod.register_forward_hook(linear_hook))
     try:
-        model.eval()(torch.zeros((1, *input_shape[1:])))
+        with torch.no_grad():
+            model.eval()(torch.zeros((1, *input_shape[1:])))
     finally:
         for h in handles:
             h.remove()

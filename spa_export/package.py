@@ -34,6 +34,7 @@ from spa_export.pipeline import BuildOptions, run_task, stage_names, validate_op
 from spa_export.progress import StageProgress
 from spa_export.publish import publish_whole, staged
 from spa_export.recipe import Recipe, Task
+from spa_export.runtime.environment import library_versions
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.md"
@@ -117,18 +118,6 @@ def _relative(path: Path, recipe: Recipe) -> str:
     return Path(os.path.relpath(path, folder)).as_posix()
 
 
-def _library_versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {}
-    for dist in LIBRARIES:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def task_content(recipe: Recipe, task: Task, opts: BuildOptions, report: dict, folder: Path,
                  root: Path) -> dict:
     """The hashed part of one task's manifest entry: its inputs' and artefacts' digests, its sizes."""
@@ -158,7 +147,7 @@ def package_content(recipe: Recipe, settings: dict[str, Any], base_digest: str, 
             resolved[key] = [_relative(Path(p), recipe) for p in resolved[key]]
     return {
         "tool": {"name": "spa-export", "version": __version__},
-        "libraries": _library_versions(),
+        "libraries": library_versions(LIBRARIES),
         "recipe": {"path": recipe.path.name if recipe.path else None,
                    "sha256": sha256_file(recipe.path) if recipe.path else None,
                    "base": _relative(recipe.base, recipe), "input_shape": list(recipe.input_shape),

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from spa_export import __version__, validate
 from spa_export.errors import InputError, VerificationError, require_file
-from spa_export.memory import check_fits, peak_rss_mb, release
+from spa_export.memory import check_fits, peak_rss_mb, release, young_heap
 from spa_export.ownership import check_out_dir
 from spa_export.progress import StageProgress
 from spa_export.publish import publish_whole, staged
@@ -149,6 +149,11 @@ def run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: Sta
     recipe), or None to read ``opts.base`` here and drop it while the network
     is merged (a single build's lower peak memory).
     """
+    with young_heap():  # each stage's release() then walks only what the build made
+        return _run_task(opts, base, staging, progress)
+
+
+def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: StageProgress) -> dict:
     shape = tuple(opts.input_shape)
     with progress.stage("load"):  # the heavy imports count as loading: stage times add up
         import torch
@@ -188,8 +193,7 @@ def run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: Sta
         if not keep_base:
             loaded.base_state = base.state = None
         release()
-        _check_runs(merged, shape, loaded.arch)
-        dense_counts = (count_params(merged), count_macs(merged, shape))
+        dense_counts = (count_params(merged), _check_runs(merged, shape, loaded.arch))
     with progress.stage("plan"):
         from spa_export.plan.rounding import resolve as resolve_rounding
 
@@ -272,12 +276,15 @@ def run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: Sta
     return report
 
 
-def _check_runs(model, shape: tuple[int, ...], arch: str) -> None:
+def _check_runs(model, shape: tuple[int, ...], arch: str) -> int:
+    """The network's MACs for one sample, from a forward pass that also shows the shape fits."""
     import torch
+
+    from spa_export.metrics import count_macs
 
     try:
         with torch.no_grad():
-            model(torch.zeros((1, *shape[1:])))
+            return count_macs(model, shape)
     except Exception as err:
         raise InputError(f"--input-shape {','.join(map(str, shape))} does not fit '{arch}': "
                          f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err

@@ -170,7 +170,7 @@ def _folds(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, plan: Pru
         only = torch.zeros(c.shape, dtype=c.value.dtype)
         only[:, torch.as_tensor(pos)] = c.value[:, torch.as_tensor(stored)]
         with one_thread():  # these values go into the file: the same bytes whatever the core count
-            contrib = (mod(only) - mod(torch.zeros_like(only)))[0]
+            contrib = (mod(only) - _at_zero(mod, only))[0]
         fold = ConstantFold(c.module, len(np.unique(root[c.ids][pos])))
         if contrib.dim() == 1:
             fold.bias = contrib.clone()
@@ -186,6 +186,18 @@ def _folds(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, plan: Pru
                 if bn is not None:  # after the batch-norm instead, so that runtimes fuse it into the conv
                     fold.module, fold.tensor = bn, _past_batchnorm(graph.modules[bn], fold.tensor)
         plan.folds[fold.module] = fold
+
+
+def _at_zero(mod: nn.Module, only: torch.Tensor) -> torch.Tensor:
+    """``mod(zeros_like(only))``: for a convolution or linear layer (finite weights, checked at
+    merge) exactly its bias, broadcast, or zero; other modules are run."""
+    if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)) and type(mod).forward in (
+            nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward):
+        shape = [1, -1] + [1] * (only.dim() - 2)
+        if mod.bias is None:
+            return torch.zeros((), dtype=only.dtype)
+        return mod.bias.reshape(shape)
+    return mod(torch.zeros_like(only))
 
 
 def _past_batchnorm(bn: nn.Module, constant: torch.Tensor) -> torch.Tensor:
