@@ -146,8 +146,8 @@ def build_loaded(spec: str, state_dict: Mapping[str, torch.Tensor], *, source: o
 def build_on_meta(spec: str) -> nn.Module | None:
     """The architecture on the meta device (shapes, no data), or None where its factory cannot."""
     factory, kwargs = _resolve(spec, None)
-    try:
-        with torch.device("meta"):
+    try:  # initialising meta tensors computes nothing but still costs (0.04 s for ResNet-50)
+        with torch.device("meta"), _skip_weight_init():
             return _call(spec, factory, kwargs)
     except ArchitectureError:
         return None

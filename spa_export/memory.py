@@ -8,9 +8,10 @@ collector and asks glibc to return free pages.
 
 A full collection walks every object the process holds, and after importing
 torch, ONNX and ONNX Runtime that is over a million of them: 0.17 s per call,
-a quarter of a ResNet-50 build. Inside :func:`young_heap` (a build's stages)
-the objects that were alive before are frozen, and a collection walks only
-what the build made.
+a quarter of a ResNet-50 build. :func:`young_heap` (around a task's stages)
+collects once, then freezes what is alive, so that each later collection
+walks only what the task made. (Freezing without that first collection
+left earlier garbage in place and measured up to 0.3 x the base higher.)
 """
 
 from __future__ import annotations
@@ -52,13 +53,13 @@ def release() -> None:
 def young_heap() -> Iterator[None]:
     """While the block runs, :func:`release` collects only objects created in it.
 
-    What was alive before the block (the libraries' modules, classes and caches)
-    is moved aside with :func:`gc.freeze` and put back on exit, also on error;
-    garbage from before is collected as usual afterwards. Nested blocks share the
-    outermost one.
+    Garbage from before is collected first; what is alive then (the libraries'
+    modules, classes and caches) is moved aside with :func:`gc.freeze` and put
+    back on exit, also on error. Nested blocks share the outermost one.
     """
     global _frozen_depth
     if _frozen_depth == 0:
+        gc.collect()  # garbage from before is freed, not frozen
         gc.freeze()
     _frozen_depth += 1
     try:
