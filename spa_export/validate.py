@@ -85,7 +85,8 @@ def round_to(value: object, name: str) -> int | str:
     """``auto`` (the multiple this processor favours, chosen at plan time) or a multiple 1..1024."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
-    if isinstance(value, str) and not re.fullmatch(r"[+-]?\d+", value.strip()):
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (
+            isinstance(value, str) and not re.fullmatch(r"[+-]?\d+", value.strip())):
         raise InputError(f"{name}: expected 'auto' or an integer, got {_kind(value)}")
     return integer(value, name, minimum=1, maximum=MAX_ROUND_TO)
 

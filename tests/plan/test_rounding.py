@@ -56,7 +56,8 @@ def test_round_to_values(value: object, expected: object) -> None:
 @pytest.mark.parametrize(("value", "message"), [
     ("fast", "--round-to: expected 'auto' or an integer, got a string 'fast'"),
     ("0", "--round-to 0: must be between 1 and 1024"),
-    (2.5, "--round-to: expected an integer, got float 2.5"),
+    (2.5, "--round-to: expected 'auto' or an integer, got float 2.5"),
+    (True, "--round-to: expected 'auto' or an integer, got a boolean (true)"),
 ])
 def test_round_to_refused(value: object, message: str) -> None:
     with pytest.raises(InputError) as err:
