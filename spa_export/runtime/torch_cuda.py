@@ -109,6 +109,7 @@ class TorchCudaRunner(Runner):
             static_in = torch.zeros((batch, *self._shape), device="cuda", dtype=self._dtype)
             try:
                 with torch.no_grad():
+                    self._stream.wait_stream(torch.cuda.current_stream())
                     with torch.cuda.stream(self._stream):
                         for _ in range(3):  # warm-up on a side stream, as capture requires
                             self._model(static_in)
