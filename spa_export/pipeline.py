@@ -18,7 +18,6 @@ import json
 import platform
 import sys
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,7 @@ from spa_export.memory import check_fits, peak_rss_mb, release, young_heap
 from spa_export.ownership import check_out_dir
 from spa_export.progress import StageProgress
 from spa_export.publish import publish_whole, staged
+from spa_export.runtime.environment import library_versions
 
 if TYPE_CHECKING:
     from spa_export.load import Base
@@ -93,7 +93,7 @@ def validate_options(opts: BuildOptions) -> BuildOptions:
     )
     for p in (checked.base, checked.spa, *checked.inputs, *filter(None, [checked.eval_data])):
         require_file(p)
-    if checked.bench in ("gpu",):
+    if checked.bench == "gpu":
         check_gpu_available()
     return checked
 
@@ -109,16 +109,6 @@ def check_gpu_available() -> None:
         torch_reason = cuda_unavailable_reason()
         if torch_reason:
             raise InputError(f"--bench gpu: {reason}; and {torch_reason}, so PyTorch cannot time it either")
-
-
-def _torch_gpu_timing(bench: str) -> bool:
-    """Whether the GPU half will time the networks with PyTorch (no TensorRT, a CUDA device)."""
-    if bench not in ("gpu", "all"):
-        return False
-    from spa_export.runtime.tensorrt import gpu_unavailable_reason
-    from spa_export.runtime.torch_cuda import cuda_unavailable_reason
-
-    return gpu_unavailable_reason() is not None and cuda_unavailable_reason() is None
 
 
 def build(opts: BuildOptions) -> BuildResult:
@@ -209,7 +199,9 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         if opts.bench != "none":
             export_onnx(merged, shape, staging / "dense.onnx", opset=opts.opset, exporter=opts.exporter)
         # PyTorch's GPU timing needs both networks; otherwise each goes as soon as it is exported
-        networks = {"dense": merged} if _torch_gpu_timing(opts.bench) else None
+        from spa_export.runtime.bench import torch_cuda_timing
+
+        networks = {"dense": merged} if torch_cuda_timing(opts.bench) else None
         del merged
         release()
         export = export_onnx(pruned, shape, staging / "model.onnx", opset=opts.opset, exporter=opts.exporter)
@@ -278,13 +270,10 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
 
 def _check_runs(model, shape: tuple[int, ...], arch: str) -> int:
     """The network's MACs for one sample, from a forward pass that also shows the shape fits."""
-    import torch
-
     from spa_export.metrics import count_macs
 
     try:
-        with torch.no_grad():
-            return count_macs(model, shape)
+        return count_macs(model, shape)
     except Exception as err:
         raise InputError(f"--input-shape {','.join(map(str, shape))} does not fit '{arch}': "
                          f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
@@ -307,9 +296,6 @@ def versions(torch_version: str | None = None) -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     if torch_version is not None:
         out["torch"] = torch_version
-    for dist in ("torchvision", "onnx", "onnxruntime", "onnxsim", "onnxscript", "safetensors", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
+    out.update(library_versions(("torchvision", "onnx", "onnxruntime", "onnxsim", "onnxscript",
+                                 "safetensors", "numpy")))
     return out

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from pathlib import Path
+
+from spa_export.runtime.environment import cpu_flags
 
 GPU_MULTIPLE = 8
 
@@ -48,18 +49,6 @@ class Rounding:
     def to_dict(self) -> dict:
         return {"requested": self.requested, "multiple": self.multiple, "why": self.why,
                 "groups_below_one_multiple": "rounded" if self.round_small else "left as the masks ask"}
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The instruction-set flags of this processor (empty where they cannot be read)."""
-    try:
-        with cpuinfo.open(encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return set()
 
 
 def cpu_block(machine: str | None = None, flags: set[str] | None = None) -> tuple[int, str]:

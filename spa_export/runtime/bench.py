@@ -159,6 +159,15 @@ def _numerics(
     return rows
 
 
+def torch_cuda_timing(device: str) -> bool:
+    """Whether ``device``'s GPU half times networks with PyTorch: TensorRT missing, a CUDA device seen."""
+    from spa_export.runtime.tensorrt import gpu_unavailable_reason
+    from spa_export.runtime.torch_cuda import cuda_unavailable_reason
+
+    return device in ("gpu", "all") and gpu_unavailable_reason() is not None \
+        and cuda_unavailable_reason() is None
+
+
 def _precisions(fp16: bool | None) -> list[str]:
     return ["fp32", "fp16"] if fp16 is None else (["fp16"] if fp16 else ["fp32"])
 
@@ -192,7 +201,7 @@ def _gpu_part(
             ran = True
         except InputError as err:
             notes.append(f"onnxruntime CUDA: {err}")
-    if trt_reason is not None and networks is not None and cuda_unavailable_reason() is None:
+    if networks is not None and torch_cuda_timing("gpu"):
         notes.append(f"{trt_reason}: timed with PyTorch on CUDA instead")
         for precision in _precisions(fp16):
             runners = {k: TorchCudaRunner(networks[k], sample_shape, precision=precision, name=k)

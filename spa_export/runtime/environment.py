@@ -94,6 +94,14 @@ def physical_cores(cpuinfo: Path = CPUINFO) -> int:
     return logical_cores()
 
 
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The instruction-set flags of the first processor (empty where /proc/cpuinfo has none)."""
+    for block in _read_cpuinfo(cpuinfo):
+        if block.get("flags"):
+            return set(block["flags"].split())
+    return set()
+
+
 def cpu_model(cpuinfo: Path = CPUINFO) -> str:
     """A human name of the CPU (``model name`` or the ARM fields), else ``platform``'s."""
     for block in _read_cpuinfo(cpuinfo):

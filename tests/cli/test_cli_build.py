@@ -18,6 +18,21 @@ def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+def _build_example(example: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``spa-export build`` of the shipped tiny example into ``out``."""
+    return _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
+                str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
+                *extra)
+
+
+def _skip_on_a_gpu_machine() -> None:
+    from spa_export.runtime.tensorrt import gpu_unavailable_reason
+    from spa_export.runtime.torch_cuda import cuda_unavailable_reason
+
+    if gpu_unavailable_reason() is None or cuda_unavailable_reason() is None:
+        pytest.skip("this machine has a GPU (TensorRT or PyTorch with CUDA)")
+
+
 @pytest.fixture(scope="module")
 def example(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("example")
@@ -36,8 +51,7 @@ def test_help_is_instant_and_imports_no_torch():
 
 def test_build_the_shipped_example(example):
     out = example / "out"
-    r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
-             str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out), "-q")
+    r = _build_example(example, out, "-q")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == [".spa-export", "model.onnx", "report.json", "report.md"]
     report = json.loads((out / "report.json").read_text())
@@ -52,8 +66,7 @@ def test_build_the_shipped_example(example):
 
 def test_verification_failure_exits_1_and_publishes_nothing(example):
     out = example / "strict"
-    r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
-             str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
+    r = _build_example(example, out,
              "--rtol", "1e-15", "--atol", "1e-15", "-q")
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("error: model.onnx differs from the masked network")
@@ -79,8 +92,7 @@ def test_synth_then_inspect(tmp_path):
 
 def test_round_to_keeps_multiples(example, tmp_path):
     out = tmp_path / "r8"
-    r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
-             str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
+    r = _build_example(example, out,
              "--round-to", "16", "-q")
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
@@ -90,14 +102,9 @@ def test_round_to_keeps_multiples(example, tmp_path):
 
 def test_gpu_alone_without_a_gpu_is_refused_up_front(example, tmp_path):
     pytest.importorskip("onnxruntime")
-    from spa_export.runtime.tensorrt import gpu_unavailable_reason
-    from spa_export.runtime.torch_cuda import cuda_unavailable_reason
-
-    if gpu_unavailable_reason() is None or cuda_unavailable_reason() is None:
-        pytest.skip("this machine has a GPU (TensorRT or PyTorch with CUDA)")
+    _skip_on_a_gpu_machine()
     out = tmp_path / "gpu"
-    r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
-             str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
+    r = _build_example(example, out,
              "--bench", "gpu", "-q")
     assert r.returncode == 2
     assert r.stderr.startswith("error: --bench gpu: ") and "Traceback" not in r.stderr
@@ -106,14 +113,9 @@ def test_gpu_alone_without_a_gpu_is_refused_up_front(example, tmp_path):
 
 
 def test_bench_all_without_a_gpu_times_the_cpu_and_says_why_not_the_gpu(example, tmp_path):
-    from spa_export.runtime.tensorrt import gpu_unavailable_reason
-    from spa_export.runtime.torch_cuda import cuda_unavailable_reason
-
-    if gpu_unavailable_reason() is None or cuda_unavailable_reason() is None:
-        pytest.skip("this machine has a GPU (TensorRT or PyTorch with CUDA)")
+    _skip_on_a_gpu_machine()
     out = tmp_path / "all"
-    r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
-             str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
+    r = _build_example(example, out,
              "--bench", "all", "--budget", "0.05", "--batch", "1", "--batch", "2", "-q")
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
@@ -157,8 +159,7 @@ def test_bench_gpu_with_pytorch_cuda_times_dense_and_pruned(example, tmp_path):
     if gpu_unavailable_reason() is None:
         pytest.skip("TensorRT is installed: --bench gpu uses it instead of PyTorch")
     out = tmp_path / "gpu"
-    r = _run("build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
-             str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32", "--out", str(out),
+    r = _build_example(example, out,
              "--bench", "gpu", "--budget", "0.1", "--batch", "1", "--batch", "8", "-q")
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())

@@ -10,7 +10,8 @@ from torch import nn
 
 from spa_export.errors import InputError
 from spa_export.plan import make_plan
-from spa_export.plan.rounding import GPU_MULTIPLE, cpu_block, cpu_flags, resolve
+from spa_export.plan.rounding import GPU_MULTIPLE, cpu_block, resolve
+from spa_export.runtime.environment import cpu_flags
 from spa_export.validate import round_to
 
 
