@@ -3,15 +3,18 @@
 For one architecture and input shape (default torchvision ResNet-50 at 1,3,224,224):
 
 * **build**: :func:`spa_export.pipeline.build` of a ``synth`` SPA (output-only masks,
-  50% by default) with ``bench="none"`` (load, merge, plan, apply, export + check +
-  simplify, verify, report), with its per-stage times from ``report["stages"]``;
+  50% by default) with ``bench="none"`` (load, reference, merge, plan, apply, export +
+  check + simplify, verify, report), with its per-stage times from ``report["stages"]``;
 * **bare (default)**: ``torch.onnx.export(model, (x,), path)`` of the dense network with
   torch's default arguments (the dynamo exporter in torch >= 2.9);
 * **bare (dynamo=False)**: the same with ``dynamo=False`` (the TorchScript exporter);
 * **dense via export_onnx**: :func:`spa_export.export.export_onnx` of the dense network
   (TorchScript export, full onnx.checker and onnxsim), to tell export cost from the rest.
 
-All run in this process, interleaved, ``--repeats`` times; ratios use medians. The base
+All run in this process, interleaved, ``--repeats`` times; ratios use medians. Between
+contenders the cyclic garbage collector runs, untimed, so that none pays for what another
+left behind (the dynamo exporter leaves about 150 MB of cycles, which the build's own
+first collection would otherwise free on its clock). The base
 and SPA are made beforehand in a subprocess (``spa-export synth``) so that this
 process's peak RSS is the build's: the first build runs before anything else, and
 its ``peak_rss_mb`` (the process's ``ru_maxrss``) is the one recorded.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import io
 import statistics
 import sys
@@ -121,6 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 warnings.simplefilter("ignore")
                 seconds, _ = _timed(functools.partial(exporters[key], path))
             times[key].append(seconds)
+            gc.collect()  # what it left for the collector is not charged to the next contender
             if rep == 0:
                 sizes[f"{key} (all files)"] = _dir_bytes(target)
         print(f"repeat {rep + 1}/{args.repeats}: "
@@ -170,8 +175,10 @@ def markdown(res: dict[str, Any]) -> str:
     other = med["build"] - res["stages_sum_median_s"]
     lines += [f"| (outside stages: imports at the top of _run, validate, staging, publish) | {other:.2f} | "
               f"{100 * other / med['build']:.0f} |", "",
-              "`export` includes onnx.checker (full) and onnxsim; `verify` runs ONNX Runtime "
-              "against the reference at batch 1 and 4.", ""]
+              "`reference` builds the masked network from base and SPA and runs the verification "
+              "batches (1 and 4) through it in one pass; `export` includes onnx.checker (full) and "
+              "onnxsim; `verify` runs ONNX Runtime at batch 1 and 4 against those outputs.", "",
+              "Between contenders the garbage collector runs untimed (see the module's docstring).", ""]
     rss, size = res["peak_rss_mb"], res["bytes"]
     lines += ["## Memory and sizes", "",
               f"- build peak RSS (report `peak_rss_mb`, process ru_maxrss): {rss['build_report']} MB "
@@ -189,7 +196,7 @@ def markdown(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prune", type=float, default=0.5)
-    parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="default 5 (1 with --quick)")
     add_common_options(parser)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1,3,64,64, one repeat, results to /tmp "
@@ -197,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     default_input_shape(args)
     if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
+        args.repeats = 1 if args.quick else 5
     res = run(args)
     write_results("build_time", res, markdown(res), args.out_dir, args.quick, HERE / "results")
 

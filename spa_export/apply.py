@@ -9,13 +9,12 @@ it.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from spa_export.arch import set_submodule
 from spa_export.errors import BuildError
+from spa_export.modcopy import check_complete, copy_leaving
 from spa_export.plan.model import ConstantFold, ModulePlan, PrunePlan
 
 
@@ -33,13 +32,15 @@ class AddConstant(nn.Module):
 
 def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """Return a pruned copy of ``model`` (the merged network the plan was made on)."""
-    pruned = copy.deepcopy(model).eval()
+    # The layers the plan replaces are read from ``model``: their tensors are not copied.
+    pruned = copy_leaving(model, [(name, None) for name in plan.modules]).eval()
     with torch.no_grad():
         for name, mp in plan.modules.items():
-            set_submodule(pruned, name, _slice(pruned.get_submodule(name), name, mp))
+            set_submodule(pruned, name, _slice(model.get_submodule(name), name, mp))
         for name, fold in plan.folds.items():
             mp = plan.modules.get(name)
             set_submodule(pruned, name, _fold(pruned.get_submodule(name), fold, mp))
+    check_complete(pruned, "channel removal")
     return pruned
 
 
@@ -70,17 +71,20 @@ def _slice(mod: nn.Module, name: str, mp: ModulePlan) -> nn.Module:
 def _slice_conv(mod: nn.Module, name: str, mp: ModulePlan) -> nn.Module:
     g = mod.groups
     out_i, in_i = _index(mp.out_keep, mod.out_channels), _index(mp.in_keep, mod.in_channels)
+    if g == 1:  # plain rows and columns: no groups to keep equal, no per-row gather to build
+        if not len(in_i) or not len(out_i):
+            raise BuildError(f"internal error: the plan leaves no channels in '{name}'")
+        new = _conv_like(mod, len(in_i), len(out_i), g)
+        new.weight.copy_(mod.weight[out_i][:, in_i])
+        if mod.bias is not None:
+            new.bias.copy_(mod.bias[out_i])
+        return new
     per_in, per_out = mod.in_channels // g, mod.out_channels // g
     local = [[int(i) - j * per_in for i in in_i.tolist() if int(i) // per_in == j] for j in range(g)]
     outs = [[int(o) for o in out_i.tolist() if int(o) // per_out == j] for j in range(g)]
     if len({len(x) for x in local}) != 1 or len({len(x) for x in outs}) != 1 or not local[0] or not outs[0]:
         raise BuildError(f"internal error: the plan leaves unequal groups in '{name}'")
     new = _conv_like(mod, len(in_i), len(out_i), g)
-    if g == 1:  # plain rows and columns: no per-row gather to build
-        new.weight.copy_(mod.weight[out_i][:, in_i])
-        if mod.bias is not None:
-            new.bias.copy_(mod.bias[out_i])
-        return new
     cols = torch.as_tensor([local[int(o) // per_out] for o in out_i.tolist()], dtype=torch.long)
     w = mod.weight[out_i]
     new.weight.copy_(torch.gather(w, 1, cols.view(*cols.shape, *([1] * (w.dim() - 2))).expand(

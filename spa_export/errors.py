@@ -71,6 +71,11 @@ class ArchitectureError(InputError):
     """An unknown or unloadable architecture spec."""
 
 
+def non_finite_merge(spa_path: object, layer: str, what: str) -> InputError:
+    """The error for a layer whose ``W'`` (``what``: weight or bias) overflows float32."""
+    return InputError(f"{spa_path}: merging '{layer}' gives non-finite {what} values")
+
+
 class VerificationError(SpaExportError):
     """The exported network does not compute the masked network's function."""
 

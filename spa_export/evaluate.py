@@ -53,7 +53,8 @@ def read_eval(path: Path, input_shape: tuple[int, ...]) -> EvalData:
                     label["dataset"] or path.stem, label["split"] or "held-out")
 
 
-def _predict_reference(reference: nn.Module, x: np.ndarray) -> np.ndarray:
+def predict_reference(reference: nn.Module, x: np.ndarray) -> np.ndarray:
+    """The reference's class for every sample of ``x`` (argmax of its first output)."""
     preds = []
     with torch.no_grad():
         for i in range(0, len(x), EVAL_BATCH):
@@ -77,9 +78,13 @@ def _predict_onnx(onnx_path: Path, x: np.ndarray) -> tuple[np.ndarray, int]:
     return np.concatenate(preds), classes
 
 
-def evaluate(reference: nn.Module, onnx_path: Path, data: EvalData) -> dict:
-    """Accuracy of ``reference`` and of the ONNX file on ``data``, and their agreement."""
-    want = _predict_reference(reference, data.x)
+def evaluate(reference: nn.Module | np.ndarray, onnx_path: Path, data: EvalData) -> dict:
+    """Accuracy of the reference and of the ONNX file on ``data``, and their agreement.
+
+    ``reference``: the reference network, or its :func:`predict_reference` on ``data.x``
+    (a build computes them early, while the base is in memory).
+    """
+    want = reference if isinstance(reference, np.ndarray) else predict_reference(reference, data.x)
     got, classes = _predict_onnx(onnx_path, data.x)
     if int(data.y.max()) >= classes:
         raise InputError(f"{data.path}: y holds label {int(data.y.max())}, but the network has "

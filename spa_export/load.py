@@ -18,6 +18,7 @@ from spa_export.arch import build_loaded, load_into, resize_for_overrides, witho
 from spa_export.checkpoint import load_state_dict_file
 from spa_export.compat import check_compatible
 from spa_export.errors import ArchitectureError, BaseMismatchError, InputError, shown
+from spa_export.finite import all_finite
 from spa_export.spa import SpaFile, file_sha256, read_spa, state_dict_digest
 
 
@@ -82,7 +83,7 @@ def read_base(path: str | os.PathLike) -> Base:
     """Read the base checkpoint and compute its digest (spec, "Base digest")."""
     base_path = Path(path)
     state = load_state_dict_file(base_path)
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = [k for k, v in state.items() if not all_finite(v)]
     if bad:
         raise InputError(f"{base_path}: non-finite values in '{shown(bad[0])}'")
     return Base(base_path, state, state_dict_digest(state))

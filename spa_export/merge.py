@@ -7,13 +7,14 @@ the full width; masked weights are zero. Channel removal comes later.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from spa_export.errors import InputError
+from spa_export.errors import non_finite_merge
+from spa_export.finite import all_finite
+from spa_export.modcopy import check_complete, copy_leaving
 from spa_export.spa import LayerSpa, SpaFile
 from spa_export.threads import one_thread
 
@@ -33,21 +34,23 @@ class MergeReport:
 
 def merge(model: nn.Module, spa: SpaFile) -> tuple[nn.Module, MergeReport]:
     """Return a merged, masked float32 copy of ``model`` (overrides already applied) and a report."""
-    merged = copy.deepcopy(model).float().eval()
-    modules = dict(merged.named_modules())
+    # The SPA layers' weights and biases are not copied: W' and b' replace them.
+    merged = copy_leaving(model, [(name, attr) for name in spa.layers for attr in ("weight", "bias")])
+    merged = merged.float().eval()
+    originals, modules = dict(model.named_modules()), dict(merged.named_modules())
     report = MergeReport()
     # The copy is private until it is returned: updates go straight into it, and a non-finite
     # result discards it whole (the caller's network is never touched).
     with torch.no_grad(), one_thread():  # W' goes into the file: the same bytes on any machine
         for name, layer in sorted(spa.layers.items()):
-            mod = modules[name]
-            weight, bias = merged_weights(mod, layer)
+            original, mod = originals[name], modules[name]
+            weight, bias = merged_weights(original, layer)
             for tensor, what in ((weight, "weight"), (bias, "bias")):
-                if tensor is not None and not torch.isfinite(tensor).all():
-                    raise InputError(f"{spa.path}: merging '{name}' gives non-finite {what} values")
-            mod.weight.copy_(weight)
+                if tensor is not None and not all_finite(tensor):
+                    raise non_finite_merge(spa.path, name, what)
+            mod.weight = nn.Parameter(weight, original.weight.requires_grad)
             if bias is not None:
-                mod.bias.copy_(bias)
+                mod.bias = nn.Parameter(bias, original.bias.requires_grad)
             report.layers += 1
             if layer.kind:
                 report.adapters[layer.kind] = report.adapters.get(layer.kind, 0) + 1
@@ -55,6 +58,7 @@ def merge(model: nn.Module, spa: SpaFile) -> tuple[nn.Module, MergeReport]:
                 report.masked_out_channels += int((~layer.out_mask).sum())
             if layer.in_mask is not None:
                 report.masked_in_channels += int((~layer.in_mask).sum())
+    check_complete(merged, "the merge")
     return merged, report
 
 
@@ -69,9 +73,13 @@ def merged_weights(mod: nn.Module, layer: LayerSpa) -> tuple[torch.Tensor, torch
         update = layer.lora_cols.to(torch.float32) @ layer.lora_rows.to(torch.float32)
     elif layer.pointwise is not None:
         update = layer.pointwise.to(torch.float32).T
-    if update is not None:
-        centre = tuple(k // 2 for k in w.shape[2:])
-        w[(oi[:, None], ii[None, :], *centre)] += update
+    if update is not None:  # W'[kept outputs, kept inputs, centre] += update, one axis at a time
+        plane = w[(slice(None), slice(None), *(k // 2 for k in w.shape[2:]))]
+        rows = plane.index_select(0, oi)
+        block = rows.index_select(1, ii)
+        block += update
+        rows.index_copy_(1, ii, block)
+        plane.index_copy_(0, oi, rows)
     if layer.pos_weights is not None:
         protos = layer.proto_cols.to(torch.float32) @ layer.proto_rows.to(torch.float32)
         for k in range(protos.shape[0]):

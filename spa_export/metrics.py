@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -10,19 +13,19 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """MACs of convolutions and linear layers for one sample of ``input_shape``."""
-    total = 0
+@contextlib.contextmanager
+def counting_macs(model: nn.Module) -> Iterator[list[int]]:
+    """While the block runs ``model``, ``total[0]`` adds up the MACs of its convolutions and linear layers.
+
+    Only shapes are read, so it counts on the meta device too.
+    """
+    total = [0]
 
     def conv_hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        per_out = mod.weight[0].numel()
-        total += int(output[0].numel()) * int(per_out)
+        total[0] += int(output[0].numel()) * int(mod.weight[0].numel())
 
     def linear_hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        total += int(output[0].numel()) * mod.in_features
+        total[0] += int(output[0].numel()) * mod.in_features
 
     handles = []
     for mod in model.modules():
@@ -31,9 +34,15 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         elif isinstance(mod, nn.Linear):
             handles.append(mod.register_forward_hook(linear_hook))
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros((1, *input_shape[1:])))
+        yield total
     finally:
         for h in handles:
             h.remove()
-    return total
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """MACs of convolutions and linear layers for one sample of ``input_shape``."""
+    with counting_macs(model) as total:
+        model.eval()(torch.zeros((1, *input_shape[1:])))
+    return total[0]

@@ -1,6 +1,6 @@
 """The build, top to bottom: the only place that knows the order of the stages.
 
-load -> merge -> plan -> apply -> export -> verify -> [evaluate] -> [bench] -> report
+load -> reference -> merge -> plan -> apply -> export -> verify -> [evaluate] -> [bench] -> report
 
 Each stage returns its artefact and a small record; :func:`run_task` collects
 the records into ``report.json``. :func:`build` builds one task into ``out``:
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from spa_export import __version__, validate
 from spa_export.errors import InputError, VerificationError, require_file
-from spa_export.memory import check_fits, peak_rss_mb, release, young_heap
+from spa_export.memory import check_fits, peak_rss_mb, release, settle, young_heap
 from spa_export.ownership import check_out_dir
 from spa_export.progress import StageProgress
 from spa_export.publish import publish_whole, staged
@@ -124,7 +124,7 @@ def build(opts: BuildOptions) -> BuildResult:
 
 
 def stage_names(opts: BuildOptions) -> list[str]:
-    names = ["load", "merge", "plan", "apply", "export", "verify"]
+    names = ["load", "reference", "merge", "plan", "apply", "export", "verify"]
     if opts.eval_data is not None:
         names.append("evaluate")
     if opts.bench != "none":
@@ -157,8 +157,9 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         from spa_export.metrics import count_macs, count_params
         from spa_export.plan import make_plan
         from spa_export.reference import build_reference
-        from spa_export.verify import verify
+        from spa_export.verify import expected_outputs, verify_against
 
+        settle()  # what the imports made stays: later collections need not walk it
         keep_base = base is not None
         base = base if base is not None else read_base(opts.base)
         loaded = load_task(base, opts.spa, opts.arch, ignore_base_digest=opts.ignore_base_digest)
@@ -169,21 +170,39 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
 
             evaluation = read_eval(opts.eval_data, shape)
         footprint = activation_footprint(loaded.arch, loaded.spa.overrides, shape, spa_path=loaded.spa_path)
-        runs = {f"verification at batch {max(opts.verify_batches)}": max(opts.verify_batches)}
+        # The meta pass counted the MACs and showed that the shape fits; where it could not run,
+        # a real forward pass of the task's network does both (MACs depend on shapes alone).
+        dense_macs = footprint.macs if footprint is not None and footprint.macs is not None \
+            else _check_runs(loaded.model, shape, loaded.arch)
+        together = sum(opts.verify_batches)  # the reference runs the verification batches at once
+        runs = {f"verification ({together} samples at once)": together}
         runs.update({f"--input {p.name} ({len(x)} samples)": len(x)
                      for p, (_, x) in zip(opts.inputs, user_inputs, strict=True)})
         if opts.bench != "none":
             runs[f"--batch {max(opts.bench_batches)}"] = max(opts.bench_batches)
         check_fits(footprint, runs, f"--input-shape {','.join(map(str, shape))}", traced=shape[0])
+    # What the task's masked network (the spec's meaning of base + SPA) computes, before any merging
+    # or pruning code has run, while the base is in memory: verification compares the files with it.
+    with progress.stage("reference"):
+        reference = build_reference(loaded.arch, loaded.base_state, loaded.spa)
+        expected = expected_outputs(reference, shape, batches=opts.verify_batches, seed=opts.seed,
+                                    inputs=user_inputs)
+        predictions = None
+        if evaluation is not None:
+            from spa_export.evaluate import predict_reference
+
+            predictions = predict_reference(reference, evaluation.x)
+        del reference
+        release()
     # Each network is dropped as soon as no later stage needs it, to keep the peak memory low:
-    # in a single build the base too, once merged; verification reads it again (and checks it is the same).
+    # in a single build the base too, once merged.
     with progress.stage("merge"):
         merged, merge_report = merge(loaded.model, loaded.spa)
         loaded.model = None
         if not keep_base:
             loaded.base_state = base.state = None
         release()
-        dense_counts = (count_params(merged), _check_runs(merged, shape, loaded.arch))
+        dense_counts = (count_params(merged), dense_macs)
     with progress.stage("plan"):
         from spa_export.plan.rounding import resolve as resolve_rounding
 
@@ -210,12 +229,13 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         del pruned
         release()
     with progress.stage("verify"):
-        reference = build_reference(loaded.arch, reread_base(loaded), loaded.spa)
-        kw = dict(batches=opts.verify_batches, seed=opts.seed, inputs=user_inputs, rtol=opts.rtol,
-                  atol_scale=opts.atol_scale)
-        verification = verify(reference, staging / "model.onnx", shape, **kw)
+        def reference64() -> torch.nn.Module:  # only where a case fails against float32: read the base again
+            return build_reference(loaded.arch, reread_base(loaded), loaded.spa).double()
+
+        kw = dict(rtol=opts.rtol, atol_scale=opts.atol_scale, reference64=reference64)
+        verification = verify_against(expected, staging / "model.onnx", **kw)
         if opts.bench != "none":
-            dense_check = verify(reference, staging / "dense.onnx", shape, **kw)
+            dense_check = verify_against(expected, staging / "dense.onnx", **kw)
             if not dense_check.passed:
                 raise VerificationError(f"dense.onnx differs from the masked network: {dense_check.summary()}")
         if not verification.passed:
@@ -245,9 +265,7 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         with progress.stage("evaluate"):
             from spa_export.evaluate import evaluate
 
-            report["accuracy"] = evaluate(reference, staging / "model.onnx", evaluation)
-    del reference
-    release()
+            report["accuracy"] = evaluate(predictions, staging / "model.onnx", evaluation)
     if opts.bench != "none":
         with progress.stage("bench"):
             from spa_export.runtime.bench import benchmark

@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from spa_export.arch import build_loaded, load_into, resize_for_overrides, without_auxiliary_heads
+from spa_export.errors import non_finite_merge
+from spa_export.finite import all_finite
 from spa_export.spa import LayerSpa, SpaFile
 
 
@@ -38,19 +40,21 @@ def build_reference(arch: str, base_state: dict[str, torch.Tensor], spa: SpaFile
     for name, layer in spa.layers.items():
         mod = modules[name]
         groups = getattr(mod, "groups", 1)
-        parametrize.register_parametrization(mod, "weight", _MaskedWeight(layer, groups), unsafe=True)
+        where = (spa.path, name)
+        parametrize.register_parametrization(mod, "weight", _MaskedWeight(layer, groups, where), unsafe=True)
         if mod.bias is not None:
-            parametrize.register_parametrization(mod, "bias", _MaskedBias(layer), unsafe=True)
+            parametrize.register_parametrization(mod, "bias", _MaskedBias(layer, where), unsafe=True)
     return model
 
 
 class _MaskedWeight(nn.Module):
     """``W -> (W + D) * keep`` for one layer (spec steps 2 and 3)."""
 
-    def __init__(self, layer: LayerSpa, groups: int) -> None:
+    def __init__(self, layer: LayerSpa, groups: int, where: tuple[object, str]) -> None:
         super().__init__()
         self.layer = layer
         self.groups = groups
+        self.where = where  # the SPA file and the layer, for the error when W' overflows
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         layer, dt = self.layer, w.dtype   # float32, unless a caller converted the network (.double())
@@ -70,36 +74,48 @@ class _MaskedWeight(nn.Module):
                 proto = layer.proto_cols[k].to(dt) @ layer.proto_rows[k].to(dt)
                 d += torch.kron(layer.pos_weights[k].to(dt), proto)
         d += w
-        return d.mul_(_keep(layer, w.shape, self.groups))         # step 3
+        return _finite(d.mul_(_keep(layer, w.shape, self.groups)), self.where, "weight")   # step 3
 
 
 class _MaskedBias(nn.Module):
     """``b -> (b + S_out @ adapter_bias) * out_mask``."""
 
-    def __init__(self, layer: LayerSpa) -> None:
+    def __init__(self, layer: LayerSpa, where: tuple[object, str]) -> None:
         super().__init__()
         self.layer = layer
+        self.where = where
 
     def forward(self, b: torch.Tensor) -> torch.Tensor:
         layer, dt = self.layer, b.dtype
         if layer.adapter_bias is not None:
-            s_out = _selection(layer.out_mask, len(b), dt)
-            b = b + torch.sparse.mm(s_out, layer.adapter_bias.to(dt)[:, None])[:, 0]
-        return b if layer.out_mask is None else b * layer.out_mask.to(dt)
+            b = b + _spread(_selection(layer.out_mask, len(b), dt), layer.adapter_bias.to(dt)[:, None], None)[:, 0]
+        return _finite(b if layer.out_mask is None else b * layer.out_mask.to(dt), self.where, "bias")
 
 
-def _selection(mask: torch.Tensor | None, size: int, dtype: torch.dtype) -> torch.Tensor:
-    """Sparse one-hot columns for the kept entries: ``S[o, o'] = 1`` where ``o`` is the o'-th kept channel."""
-    kept = torch.arange(size) if mask is None else torch.nonzero(mask).flatten()
+def _finite(t: torch.Tensor, where: tuple[object, str], what: str) -> torch.Tensor:
+    """``t``, unless the layer's merged values overflow (a task no float32 network can run)."""
+    if not all_finite(t):
+        raise non_finite_merge(*where, what)
+    return t
+
+
+def _selection(mask: torch.Tensor | None, size: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """Sparse one-hot columns for the kept entries: ``S[o, o'] = 1`` where ``o`` is the o'-th kept channel.
+
+    None where there is no mask: ``S`` is the identity.
+    """
+    if mask is None:
+        return None
+    kept = torch.nonzero(mask).flatten()
     index = torch.stack([kept, torch.arange(len(kept))])
     ones = torch.ones(len(kept), dtype=dtype)
     return torch.sparse_coo_tensor(index, ones, (size, len(kept)), check_invariants=True).coalesce()
 
 
-def _spread(s_out: torch.Tensor, compact: torch.Tensor, s_in: torch.Tensor) -> torch.Tensor:
+def _spread(s_out: torch.Tensor | None, compact: torch.Tensor, s_in: torch.Tensor | None) -> torch.Tensor:
     """``S_out @ compact @ S_in^T``: the compact update at full size, zero for masked channels."""
-    left = torch.sparse.mm(s_out, compact)                      # [out, in_kept]
-    return torch.sparse.mm(s_in, left.T).T                      # [out, in]
+    left = compact if s_out is None else torch.sparse.mm(s_out, compact)       # [out, in_kept]
+    return left if s_in is None else torch.sparse.mm(s_in, left.T).T          # [out, in]
 
 
 def _keep(layer: LayerSpa, shape: torch.Size, groups: int) -> torch.Tensor:

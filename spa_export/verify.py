@@ -6,11 +6,17 @@ output element must satisfy ``|got - expected| <= atol + rtol * |expected|``
 with ``atol = atol_scale * max|expected|`` (the output's scale) for each
 case: seeded random inputs at batch 1 and a larger batch, and the user's own
 ``.npy`` inputs. All cases run; the report keeps each case's worst element.
+
+The reference's outputs (:func:`expected_outputs`) are computed once, and can
+be computed early: a build runs the reference before anything is merged or
+pruned, while the base is still in memory, and checks the exported files
+against those outputs (:func:`verify_against`).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +25,7 @@ import torch
 from torch import nn
 
 from spa_export.errors import InputError, VerificationError
+from spa_export.finite import all_finite
 from spa_export.memory import release
 
 DEFAULT_RTOL = 1e-4
@@ -45,38 +52,72 @@ class VerifyReport:
                 f"got {w['got']:.9g} (allowed error {w['allowed']:.3g})")
 
 
+@dataclass
+class Expected:
+    """What the reference computes for every verification case, computed once.
+
+    ``cases``: each case's name and float32 input; ``outputs``: the reference's
+    float32 outputs for it, one array per network output.
+    """
+
+    cases: list[tuple[str, np.ndarray]]
+    outputs: list[list[np.ndarray]]
+
+
+def expected_outputs(reference: nn.Module, input_shape: tuple[int, ...], *, batches: tuple[int, ...] = (1, 4),
+                     seed: int = 0, inputs: list[tuple[str, np.ndarray]] | None = None) -> Expected:
+    """Run ``reference`` on every case: seeded random inputs at ``batches``, then the user's ``inputs``.
+
+    The random batches go through the reference in one forward pass (each
+    sample's output is its own in eval mode, and the per-layer ``W'`` are
+    computed once); ONNX Runtime later runs each batch apart.
+    """
+    rng = np.random.default_rng(seed)
+    cases = [(f"random batch {b}", rng.standard_normal((b, *input_shape[1:])).astype(np.float32))
+             for b in batches]
+    outputs = _run_together(reference, [x for _, x in cases])
+    for name, x in inputs or []:
+        cases.append((name, x))
+        outputs.append(_run(reference, torch.from_numpy(x), name))
+    return Expected(cases, outputs)
+
+
 def verify(reference: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], *,
            batches: tuple[int, ...] = (1, 4), seed: int = 0, inputs: list[tuple[str, np.ndarray]] | None = None,
            rtol: float = DEFAULT_RTOL, atol_scale: float = DEFAULT_ATOL_SCALE) -> VerifyReport:
-    """Run every case through ``reference`` and the ONNX file; collect every output's comparison.
+    """:func:`expected_outputs` of ``reference``, then :func:`verify_against` them (float64: a copy of it)."""
+    expected = expected_outputs(reference, input_shape, batches=batches, seed=seed, inputs=inputs)
+    return verify_against(expected, onnx_path, rtol=rtol, atol_scale=atol_scale,
+                          reference64=lambda: copy.deepcopy(reference).double())
+
+
+def verify_against(expected: Expected, onnx_path: Path, *, rtol: float = DEFAULT_RTOL,
+                   atol_scale: float = DEFAULT_ATOL_SCALE,
+                   reference64: Callable[[], nn.Module] | None = None) -> VerifyReport:
+    """Run every case of ``expected`` through the ONNX file; collect every output's comparison.
 
     A case that fails against the float32 reference is checked again against
-    a float64 copy of it (made once, on the first failure; ``reference`` is not
-    changed). On a badly conditioned network the float32 reference itself can
+    the float64 network that ``reference64`` makes (called once, on the first
+    failure). On a badly conditioned network the float32 reference itself can
     be ~1e-4 of the output scale away from the masked network's function; the
     float64 one is not, so a case passes when the exported file is within
     tolerance of either. The case records which reference it was judged by.
     """
     from spa_export.runtime.onnxrt import OnnxRuntimeRunner
 
-    rng = np.random.default_rng(seed)
-    cases = [(f"random batch {b}", rng.standard_normal((b, *input_shape[1:])).astype(np.float32))
-             for b in batches]
-    cases += list(inputs or [])
     report = VerifyReport(True, rtol, atol_scale)
     worst_ratio = -1.0
-    reference64: nn.Module | None = None
+    network64: nn.Module | None = None
     with OnnxRuntimeRunner(onnx_path, threads=None, memory_arena=False) as runner:
         input_name = next(iter(runner.input_metadata()))
-        for name, x in cases:
-            expected = _run(reference, torch.from_numpy(x), name)
+        for (name, x), want in zip(expected.cases, expected.outputs, strict=True):
             got = list(runner.infer({input_name: x}).values())
-            compared = _compare_outputs(name, expected, got, rtol, atol_scale, "float32")
-            if not all(c["passed"] for c in compared):
-                if reference64 is None:  # (not `or`: an empty nn.Sequential is falsy)
-                    reference64 = copy.deepcopy(reference).double()
-                expected = _run(reference64, torch.from_numpy(x).double(), name)
-                again = _compare_outputs(name, expected, got, rtol, atol_scale, "float64")
+            compared = _compare_outputs(name, want, got, rtol, atol_scale, "float32")
+            if not all(c["passed"] for c in compared) and reference64 is not None:
+                if network64 is None:  # (not `or`: an empty nn.Sequential is falsy)
+                    network64 = reference64()
+                again = _compare_outputs(name, _run(network64, torch.from_numpy(x).double(), name), got,
+                                         rtol, atol_scale, "float64")
                 if all(c["passed"] for c in again):
                     compared = again
             for case in compared:
@@ -88,12 +129,23 @@ def verify(reference: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], 
     return report
 
 
+def _run_together(reference: nn.Module, batches: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """The reference's outputs for each of ``batches``, from one forward pass over all of them."""
+    if not batches:
+        return []
+    sizes = [len(x) for x in batches]
+    name = "random batch " + " and ".join(map(str, sizes))
+    outputs = _run(reference, torch.from_numpy(np.concatenate(batches)), name)
+    ends = np.cumsum(sizes)
+    return [[o[end - size:end] for o in outputs] for size, end in zip(sizes, ends, strict=True)]
+
+
 def _run(reference: nn.Module, x: torch.Tensor, case: str) -> list[np.ndarray]:
     with torch.no_grad():
         out = reference(x)
     out = [out] if isinstance(out, torch.Tensor) else list(out)
     release()  # the forward's activations and per-layer weights, before ONNX Runtime's
-    if not all(torch.isfinite(o).all() for o in out):
+    if not all(all_finite(o) for o in out):
         raise InputError(
             f"the masked network's output is not finite on '{case}': the base or the SPA "
             "overflows in float32, so there is nothing to verify against")

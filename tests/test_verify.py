@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from spa_export.export import export_onnx
-from spa_export.verify import verify
+from spa_export.verify import expected_outputs, verify, verify_against
 
 
 def _net(seed: int) -> nn.Module:
@@ -97,3 +97,44 @@ def test_exact_cases_never_build_the_float64_reference(tmp_path, monkeypatch):
     monkeypatch.setattr(copy, "deepcopy", lambda *a, **k: (_ for _ in ()).throw(AssertionError("copied")))
     report = verify(net, tmp_path / "m.onnx", (1, 3, 8, 8), batches=(1, 4))
     assert report.passed and {c["reference"] for c in report.cases} == {"float32"}
+
+
+class _Counting(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.batches = net, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(x))
+        return self.net(x)
+
+
+def test_the_random_batches_go_through_the_reference_in_one_pass(tmp_path):
+    net = _net(2)
+    counting = _Counting(net)
+    expected = expected_outputs(counting, (1, 3, 8, 8), batches=(1, 4), seed=3,
+                                inputs=[("mine", np.ones((2, 3, 8, 8), np.float32))])
+    assert counting.batches == [5, 2]                       # 1 + 4 together, then the user's input
+    assert [name for name, _ in expected.cases] == ["random batch 1", "random batch 4", "mine"]
+    assert [o[0].shape[0] for o in expected.outputs] == [1, 4, 2]
+    with torch.no_grad():                                   # each sample's output is its own
+        for (_, x), outputs in zip(expected.cases, expected.outputs, strict=True):
+            alone = net(torch.from_numpy(x)).numpy()
+            assert np.allclose(outputs[0], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_verify_against_asks_for_the_float64_reference_once_and_only_on_failure(tmp_path):
+    export_onnx(_Identity(), (1, 3, 8, 8), tmp_path / "exact.onnx")
+    expected = expected_outputs(_Cancelling(), (1, 3, 8, 8), batches=(1, 4))
+    asked = []
+
+    def reference64() -> nn.Module:
+        asked.append(1)
+        return _Cancelling().double()
+
+    report = verify_against(expected, tmp_path / "exact.onnx", reference64=reference64)
+    assert report.passed and asked == [1]                   # two failing cases, one network
+    assert [c["reference"] for c in report.cases] == ["float64", "float64"]
+    exact = expected_outputs(_Identity(), (1, 3, 8, 8), batches=(1, 4))
+    assert verify_against(exact, tmp_path / "exact.onnx", reference64=reference64).passed and asked == [1]
+    assert not verify_against(expected, tmp_path / "exact.onnx").passed   # no second opinion to ask

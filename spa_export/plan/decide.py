@@ -167,10 +167,8 @@ def _folds(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, plan: Pru
         # Removed channels read with weights are constant: their values are in c.value, in the
         # order of the consumer's constant positions.
         stored = np.searchsorted(np.nonzero(~c.dep)[0], pos)
-        only = torch.zeros(c.shape, dtype=c.value.dtype)
-        only[:, torch.as_tensor(pos)] = c.value[:, torch.as_tensor(stored)]
         with one_thread():  # these values go into the file: the same bytes whatever the core count
-            contrib = (mod(only) - _at_zero(mod, only))[0]
+            contrib = _contribution(mod, c.value[:, torch.as_tensor(stored)], pos, c.shape)
         fold = ConstantFold(c.module, len(np.unique(root[c.ids][pos])))
         if contrib.dim() == 1:
             fold.bias = contrib.clone()
@@ -188,11 +186,30 @@ def _folds(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, plan: Pru
         plan.folds[fold.module] = fold
 
 
+_PLAIN_FORWARD = (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+
+
+def _contribution(mod: nn.Module, values: torch.Tensor, pos: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    """What input channels ``pos``, holding ``values``, add to the output of ``mod`` (one sample).
+
+    A plain convolution or linear layer reads only those channels' weights, without bias;
+    any other module runs on an input that is zero elsewhere, less its output at zero.
+    """
+    index = torch.as_tensor(pos)
+    if type(mod).forward in _PLAIN_FORWARD and getattr(mod, "groups", 1) == 1:
+        weight = mod.weight.index_select(1, index)
+        if isinstance(mod, nn.Linear):
+            return nn.functional.linear(values, weight)[0]
+        return mod._conv_forward(values, weight, None)[0]
+    only = torch.zeros(shape, dtype=values.dtype)
+    only[:, index] = values
+    return (mod(only) - _at_zero(mod, only))[0]
+
+
 def _at_zero(mod: nn.Module, only: torch.Tensor) -> torch.Tensor:
     """``mod(zeros_like(only))``: for a convolution or linear layer (finite weights, checked at
     merge) exactly its bias, broadcast, or zero; other modules are run."""
-    if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)) and type(mod).forward in (
-            nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward):
+    if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)) and type(mod).forward in _PLAIN_FORWARD:
         shape = [1, -1] + [1] * (only.dim() - 2)
         if mod.bias is None:
             return torch.zeros((), dtype=only.dtype)

@@ -115,7 +115,7 @@ def test_report_contents(arch_case):
     assert report["schema_version"] == 1
     assert report["inputs"]["base"]["digest"].startswith("sha256:")
     assert report["inputs"]["spa"]["sha256"].startswith("sha256:")
-    assert {s["name"] for s in report["stages"]} >= {"load", "merge", "plan", "apply", "export", "verify"}
+    assert {s["name"] for s in report["stages"]} >= {"load", "reference", "merge", "plan", "apply", "export", "verify"}
     assert report["macs"]["pruned"] < report["macs"]["dense"]
     assert (out / "report.md").read_text().startswith("# spa-export report")
     assert Path(out / "model.onnx").stat().st_size > 0

@@ -58,13 +58,13 @@ class Scenario:
 SCENARIOS = [
     Scenario("sigint-0.5s", signal.SIGINT, 0.5, False),
     Scenario("sigint-4s", signal.SIGINT, 4.0, True),
-    Scenario("sigint-export", signal.SIGINT, "[5/7] export", True),
-    Scenario("sigint-verify", signal.SIGINT, "[6/7] verify", False),
-    Scenario("sigterm-load", signal.SIGTERM, "[1/7] load", True),
-    Scenario("sigterm-verify", signal.SIGTERM, "[6/7] verify", False),
+    Scenario("sigint-export", signal.SIGINT, "[6/8] export", True),
+    Scenario("sigint-verify", signal.SIGINT, "[7/8] verify", False),
+    Scenario("sigterm-load", signal.SIGTERM, "[1/8] load", True),
+    Scenario("sigterm-verify", signal.SIGTERM, "[7/8] verify", False),
     Scenario("sigkill-1s", signal.SIGKILL, 1.0, True),
-    Scenario("sigkill-export", signal.SIGKILL, "[5/7] export", False),
-    Scenario("sigkill-verify", signal.SIGKILL, "[6/7] verify", True),
+    Scenario("sigkill-export", signal.SIGKILL, "[6/8] export", False),
+    Scenario("sigkill-verify", signal.SIGKILL, "[7/8] verify", True),
 ]
 AFTER_PUBLISH = [Scenario("sigint-after-publish", signal.SIGINT, PUBLISHED, True, hold="after-publish"),
                  Scenario("sigterm-after-publish", signal.SIGTERM, PUBLISHED, True, hold="after-publish")]
