@@ -120,9 +120,9 @@ def _slice_bn(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 def _fold(mod: nn.Module, fold: ConstantFold, mp: ModulePlan | None) -> nn.Module:
     out_i = _index(mp.out_keep if mp else None, fold.bias.shape[0] if fold.bias is not None
-                   else fold.tensor.shape[0])
+                   else fold.tensor.shape[fold.channel_axis])
     if fold.tensor is not None:  # after a conv or linear layer, or after the batch-norm that follows one
-        return AddConstant(mod, fold.tensor[out_i].to(fold.tensor.dtype))
+        return AddConstant(mod, fold.tensor.index_select(fold.channel_axis, out_i))
     size = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
     delta = fold.bias[out_i].to(mod.weight.dtype)
     if len(delta) != size:

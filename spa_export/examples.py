@@ -101,6 +101,14 @@ def digits_cnn(num_classes: int = 5) -> nn.Module:
     return DigitsCNN(num_classes=num_classes)
 
 
+def tiny_vit(num_classes: int = 10) -> nn.Module:
+    """A small torchvision VisionTransformer for 3x32x32 inputs (2 layers, width 32, MLP 64, 2 heads)."""
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                             mlp_dim=64, num_classes=num_classes)
+
+
 def prune_output_channels(layer: nn.Module, keep: torch.Tensor) -> None:
     """Prune a layer's output channels the way the paper's channel experiments do (in place).
 

@@ -167,8 +167,12 @@ def _folds(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, plan: Pru
         # Removed channels read with weights are constant: their values are in c.value, in the
         # order of the consumer's constant positions.
         stored = np.searchsorted(np.nonzero(~c.dep)[0], pos)
+        channel_dim = 1 if c.axis == 1 else len(c.shape) - 1
         with one_thread():  # these values go into the file: the same bytes whatever the core count
-            contrib = _contribution(mod, c.value[:, torch.as_tensor(stored)], pos, c.shape)
+            values = c.value.index_select(channel_dim, torch.as_tensor(stored))
+            contrib = _contribution(mod, values, pos, c.shape, channel_dim)
+        if c.axis != 1 and contrib.dim() > 1:
+            contrib = contrib.movedim(-1, 0)  # channels first, like a convolution's, until stored
         fold = ConstantFold(c.module, len(np.unique(root[c.ids][pos])))
         if contrib.dim() == 1:
             fold.bias = contrib.clone()
@@ -178,6 +182,8 @@ def _folds(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, plan: Pru
             spread = (flat - mean[:, None]).abs().max()
             if spread <= UNIFORM_RTOL * float(flat.abs().max()):
                 fold.bias = mean.clone()
+            elif c.axis != 1:  # added to [N, ..., features]: stored with its features last
+                fold.tensor, fold.channel_axis = contrib.movedim(0, -1).clone(), -1
             else:
                 fold.tensor = contrib.clone()
                 bn = graph.followers.get(c.module)
@@ -189,11 +195,13 @@ def _folds(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, plan: Pru
 _PLAIN_FORWARD = (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
 
 
-def _contribution(mod: nn.Module, values: torch.Tensor, pos: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+def _contribution(mod: nn.Module, values: torch.Tensor, pos: np.ndarray, shape: tuple[int, ...],
+                  channel_dim: int = 1) -> torch.Tensor:
     """What input channels ``pos``, holding ``values``, add to the output of ``mod`` (one sample).
 
-    A plain convolution or linear layer reads only those channels' weights, without bias;
-    any other module runs on an input that is zero elsewhere, less its output at zero.
+    ``values`` has the channels on ``channel_dim`` (1, or the last for a linear layer over
+    tokens). A plain convolution or linear layer reads only those channels' weights, without
+    bias; any other module runs on an input that is zero elsewhere, less its output at zero.
     """
     index = torch.as_tensor(pos)
     if type(mod).forward in _PLAIN_FORWARD and getattr(mod, "groups", 1) == 1:
@@ -201,15 +209,16 @@ def _contribution(mod: nn.Module, values: torch.Tensor, pos: np.ndarray, shape: 
         if isinstance(mod, nn.Linear):
             return nn.functional.linear(values, weight)[0]
         return mod._conv_forward(values, weight, None)[0]
-    only = torch.zeros(shape, dtype=values.dtype)
-    only[:, index] = values
+    only = torch.zeros(shape, dtype=values.dtype).index_copy_(channel_dim, index, values)
     return (mod(only) - _at_zero(mod, only))[0]
 
 
 def _at_zero(mod: nn.Module, only: torch.Tensor) -> torch.Tensor:
     """``mod(zeros_like(only))``: for a convolution or linear layer (finite weights, checked at
     merge) exactly its bias, broadcast, or zero; other modules are run."""
-    if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)) and type(mod).forward in _PLAIN_FORWARD:
+    if isinstance(mod, nn.Linear) and type(mod).forward in _PLAIN_FORWARD:
+        return torch.zeros((), dtype=only.dtype) if mod.bias is None else mod.bias   # features last
+    if isinstance(mod, nn.modules.conv._ConvNd) and type(mod).forward in _PLAIN_FORWARD:
         shape = [1, -1] + [1] * (only.dim() - 2)
         if mod.bias is None:
             return torch.zeros((), dtype=only.dtype)

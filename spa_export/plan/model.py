@@ -37,18 +37,23 @@ class ConstantFold:
 
     ``bias`` has one value per (original) output channel; ``tensor`` is the
     output's shape without the batch axis, for contributions that vary over
-    positions (zero padding near the border).
+    positions (zero padding near the border), with its channels on
+    ``channel_axis`` (0, or -1 after a linear layer over tokens).
     """
 
     module: str
     channels: int
     bias: torch.Tensor | None = None
     tensor: torch.Tensor | None = None
+    channel_axis: int = 0
 
     def to_json(self) -> dict:
         kind = "bias" if self.tensor is None else "tensor"
         shape = list((self.bias if self.tensor is None else self.tensor).shape)
-        return {"module": self.module, "channels": self.channels, "kind": kind, "shape": shape}
+        out = {"module": self.module, "channels": self.channels, "kind": kind, "shape": shape}
+        if self.tensor is not None and self.channel_axis != 0:
+            out["channel_axis"] = self.channel_axis
+        return out
 
 
 @dataclass

@@ -2,7 +2,11 @@
 
 :func:`trace_channels` runs the network once under :mod:`torch.fx` on a probe
 batch and records, for every tensor, which *channel ids* it carries along its
-channel axis (dimension 1) and which of those channels depend on the input.
+channel axis and which of those channels depend on the input. The channel
+axis is dimension 1 (``[N, C, ...]``), or the last one where a linear layer
+reads or writes features of tokens (``[N, T, D]``, ``[N, H, W, C]``: a
+transformer's MLP); an operation that would move channels between the two
+is not followed.
 Channel ids are created by producers (convolutions, linear layers, the
 network input, operations we do not understand); operations that act on each
 channel by itself pass their input's ids on; elementwise combinations unite
@@ -41,6 +45,7 @@ class Slot:
 
     ids: np.ndarray
     dep: np.ndarray
+    axis: int = 1  # 1, or -1: features on the last axis (a 2-D tensor's are always 1)
 
 
 @dataclass
@@ -54,6 +59,7 @@ class ConsumerUse:
     groups: int
     value: torch.Tensor      # its probe input at the input-independent positions only (sample 0)
     shape: tuple[int, ...]   # the probe input's shape for one sample (batch axis 1)
+    axis: int = 1            # where ``value``'s channels are: 1, or -1 (a Linear over tokens)
 
 
 @dataclass
@@ -159,6 +165,8 @@ class _Interpreter(fx.Interpreter):
         slot = self.analyse(n, result)
         if slot is not None:
             if isinstance(result, torch.Tensor):
+                if slot.axis == -1 and result.dim() == 2:
+                    slot = Slot(slot.ids, slot.dep)  # the last axis of a 2-D tensor is dimension 1
                 slot = _check_constant(slot, result)
             self.slots[n.name] = slot
             self.g.spaces.append((n.name, slot.ids))
@@ -192,6 +200,12 @@ class _Interpreter(fx.Interpreter):
         if x is None or not isinstance(result, torch.Tensor) or len(n.args) != 1 or n.kwargs:
             return self.barrier(n, result, kind)
         value = self.env[n.args[0]]
+        if type(mod) is nn.Linear and value.dim() >= 3:
+            return self.linear_last(n, mod, x, value)
+        if kind in ops.UNARY_MODULE_NAMES and _same_channels(value, result, x.axis):
+            return x
+        if x.axis != 1:
+            return self.barrier(n, result, f"{kind} on features along the last axis")
         if type(mod) in _CONV and mod.padding_mode == "zeros" and value.dim() == mod.weight.dim():
             return self.conv(n, mod, x, value)
         if type(mod) is nn.Linear and value.dim() == 2:
@@ -202,8 +216,6 @@ class _Interpreter(fx.Interpreter):
             if (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
                     and type(self.g.modules[src.target]) in _CONV and self.calls[src.target] == 1):
                 self.g.followers[src.target] = n.target
-            return x
-        if kind in ops.UNARY_MODULE_NAMES and _same_channels(value, result):
             return x
         if type(mod) is nn.Flatten and mod.start_dim == 1 and mod.end_dim == -1:
             return _flatten(x, value)
@@ -234,6 +246,22 @@ class _Interpreter(fx.Interpreter):
         self.g.producers.append(Producer(n.target, ids, 1, module=n.target, dep=dep))
         return Slot(ids, dep)
 
+    def linear_last(self, n: fx.Node, mod: nn.Linear, x: Slot, value: torch.Tensor) -> Slot:
+        """A Linear layer on ``[N, ..., features]``: it reads and writes features on the last axis."""
+        if x.axis != -1 or len(x.ids) != mod.in_features:
+            # its input's features were not followed (a layer norm's output, a reshape): they stay
+            reason = f"read by '{n.name}' (Linear over the last axis) from an operation not followed"
+            self.g.holds.append((x.ids, reason))
+            ids = self.g.new_ids(mod.in_features, n.name, fixed_reason=reason)
+            x = Slot(ids, np.ones(len(ids), dtype=bool), -1)
+        nz = (mod.weight.detach() != 0).numpy()
+        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~nz.any(0), 1,
+                                            *_constant_part(value, x.dep, -1), axis=-1))
+        ids = self.g.new_ids(mod.out_features, n.target)
+        dep = (nz & x.dep[None, :]).any(1)
+        self.g.producers.append(Producer(n.target, ids, 1, module=n.target, dep=dep))
+        return Slot(ids, dep, -1)
+
     def on_function(self, n: fx.Node, result: object) -> Slot | None:
         target = n.target
         name = target if isinstance(target, str) else ops.function_name(target)
@@ -257,8 +285,10 @@ class _Interpreter(fx.Interpreter):
         if name in ("dropout", "stochastic_depth", "dropout2d") and not torch.equal(value, result):
             return self.barrier(n, result, f"{name} in training mode")
         tensor_inputs = [a for a in n.all_input_nodes if isinstance(self.env[a], torch.Tensor)]
-        if name in ops.UNARY_FUNCTION_NAMES and _same_channels(value, result) and len(tensor_inputs) == 1:
+        if name in ops.UNARY_FUNCTION_NAMES and _same_channels(value, result, x.axis) and len(tensor_inputs) == 1:
             return x
+        if x.axis != 1:
+            return self.barrier(n, result, f"{name} on features along the last axis")
         if name == "mean" and _same_channels(value, result) and result.dim() >= 2:
             dims = args[1] if len(args) > 1 else n.kwargs.get("dim")
             dims = [dims] if isinstance(dims, int) else list(dims or [])
@@ -275,9 +305,10 @@ class _Interpreter(fx.Interpreter):
         if not isinstance(result, torch.Tensor) or not isinstance(tensors, (list, tuple)):
             return self.barrier(n, result, "cat")
         slots = [self.slot_of(t) for t in tensors]
-        if dim % result.dim() != 1 or any(s is None for s in slots):
+        if any(s is None for s in slots) or len({s.axis for s in slots}) != 1 \
+                or dim % result.dim() != _dim(slots[0].axis, result):
             return self.barrier(n, result, f"cat along dimension {dim}")
-        return Slot(np.concatenate([s.ids for s in slots]), np.concatenate([s.dep for s in slots]))
+        return Slot(np.concatenate([s.ids for s in slots]), np.concatenate([s.dep for s in slots]), slots[0].axis)
 
     def binary(self, n: fx.Node, result: object, is_mul: bool) -> Slot | None:
         operands = [a for a in n.args[:2]]
@@ -288,35 +319,48 @@ class _Interpreter(fx.Interpreter):
         if len(tensors) == 1:
             a, v = tensors[0]
             s = self.slot_of(a)
-            if s is None or v.dim() != result.dim() or not _same_channels(v, result):
+            if s is None or v.dim() != result.dim() or not _same_channels(v, result, s.axis):
                 return self.barrier(n, result, "elementwise operation with a broadcast operand")
             return s
         (a, va), (b, vb) = tensors
         sa, sb = self.slot_of(a), self.slot_of(b)
-        if sa is None or sb is None or va.dim() != vb.dim() or va.shape[1] != vb.shape[1] \
-                or not _same_channels(va, result):
-            return self.barrier(n, result, "elementwise operation across channel counts")
+        if sa is None or sb is None or sa.axis != sb.axis or va.dim() != vb.dim() \
+                or va.shape[sa.axis] != vb.shape[sa.axis] or not _same_channels(va, result, sa.axis) \
+                or (sa.axis != 1 and va.shape != vb.shape):
+            return self.barrier(n, result, "elementwise operation across channel counts or axes")
         self.g.uf.union_arrays(sa.ids, sb.ids)
         if is_mul:
-            zero_a, zero_b = ~sa.dep & _zero_channels(va), ~sb.dep & _zero_channels(vb)
+            zero_a, zero_b = ~sa.dep & _zero_channels(va, sa.axis), ~sb.dep & _zero_channels(vb, sb.axis)
             dep = (sa.dep & ~zero_b) | (sb.dep & ~zero_a)
         else:
             dep = sa.dep | sb.dep
-        return Slot(sa.ids, dep)
+        return Slot(sa.ids, dep, sa.axis)
 
 
-def _same_channels(a: torch.Tensor, b: object) -> bool:
+def _same_channels(a: torch.Tensor, b: object, axis: int = 1) -> bool:
+    """Whether ``b`` has ``a``'s batch and channels (on the last axis: ``a``'s whole shape)."""
+    if axis != 1:
+        return isinstance(b, torch.Tensor) and a.dim() >= 3 and a.shape == b.shape
     return isinstance(b, torch.Tensor) and a.dim() >= 2 and b.dim() >= 2 and a.shape[1] == b.shape[1] \
         and a.shape[0] == b.shape[0]
 
 
-def _constant_part(value: torch.Tensor, dep: np.ndarray) -> tuple[torch.Tensor, tuple[int, ...]]:
+def _dim(axis: int, value: torch.Tensor) -> int:
+    """The dimension of ``value`` that holds channels on ``axis`` (1 or -1)."""
+    return 1 if axis == 1 else value.dim() - 1
+
+
+def _channels_first(value: torch.Tensor, axis: int) -> torch.Tensor:
+    return value if axis == 1 else value.movedim(-1, 1)
+
+
+def _constant_part(value: torch.Tensor, dep: np.ndarray, axis: int = 1) -> tuple[torch.Tensor, tuple[int, ...]]:
     """What a consumer's constant contributions need of its input: the constant channels, once.
 
     Keeping only these (not the whole activation) keeps the plan's memory small.
     """
     index = torch.as_tensor(np.nonzero(~dep)[0], dtype=torch.long)
-    return value[:1].index_select(1, index).clone(), tuple(value[:1].shape)
+    return value[:1].index_select(_dim(axis, value), index).clone(), tuple(value[:1].shape)
 
 
 def _flatten(x: Slot, value: torch.Tensor) -> Slot:
@@ -324,7 +368,8 @@ def _flatten(x: Slot, value: torch.Tensor) -> Slot:
     return Slot(np.repeat(x.ids, per), np.repeat(x.dep, per))
 
 
-def _zero_channels(value: torch.Tensor) -> np.ndarray:
+def _zero_channels(value: torch.Tensor, axis: int = 1) -> np.ndarray:
+    value = _channels_first(value, axis)
     return (value.transpose(0, 1).reshape(value.shape[1], -1) == 0).all(1).numpy()
 
 
@@ -333,6 +378,7 @@ def _check_constant(slot: Slot, value: torch.Tensor) -> Slot:
     claimed = np.flatnonzero(~slot.dep)
     if value.dim() < 2 or value.shape[0] < 2 or not len(claimed):
         return slot
+    value = _channels_first(value, slot.axis)
     index = torch.from_numpy(claimed)
     first, second = (value[k].detach().index_select(0, index).reshape(len(claimed), -1) for k in (0, 1))
     same = torch.eq(first, second).all(1).numpy()  # the usual case: the very same values
@@ -341,4 +387,4 @@ def _check_constant(slot: Slot, value: torch.Tensor) -> Slot:
         same[rest.numpy()] = torch.isclose(first[rest], second[rest], rtol=1e-5, atol=1e-6).all(1).numpy()
     dep = slot.dep.copy()
     dep[claimed[~same]] = True
-    return Slot(slot.ids, dep)
+    return Slot(slot.ids, dep, slot.axis)
