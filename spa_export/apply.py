@@ -60,7 +60,7 @@ def _slice(mod: nn.Module, name: str, mp: ModulePlan) -> nn.Module:
         return new
     if mp.kind == "linear":
         out_i, in_i = _index(mp.out_keep, mod.out_features), _index(mp.in_keep, mod.in_features)
-        new = nn.Linear(len(in_i), len(out_i), bias=mod.bias is not None)
+        new = _linear_like(mod, len(in_i), len(out_i), bias=mod.bias is not None)
         new.weight.copy_(mod.weight[out_i][:, in_i])
         if mod.bias is not None:
             new.bias.copy_(mod.bias[out_i])
@@ -105,6 +105,12 @@ def _conv_like(mod: nn.Module, cin: int, cout: int, groups: int, *, bias: bool |
     return new.to_empty(device=mod.weight.device).eval()
 
 
+def _linear_like(mod: nn.Linear, fin: int, fout: int, *, bias: bool) -> nn.Linear:
+    """An empty linear layer (made on the meta device, like :func:`_conv_like`)."""
+    new = nn.Linear(fin, fout, bias=bias, device="meta", dtype=mod.weight.dtype)
+    return new.to_empty(device=mod.weight.device).eval()
+
+
 def _slice_bn(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
     new = type(mod)(len(keep), eps=mod.eps, momentum=mod.momentum, affine=mod.affine,
                     track_running_stats=mod.track_running_stats).eval()
@@ -130,7 +136,7 @@ def _fold(mod: nn.Module, fold: ConstantFold, mp: ModulePlan | None) -> nn.Modul
                          f"the layer {size}")
     if mod.bias is None:
         if isinstance(mod, nn.Linear):
-            new = nn.Linear(mod.in_features, mod.out_features, bias=True)
+            new = _linear_like(mod, mod.in_features, mod.out_features, bias=True)
         else:
             new = _conv_like(mod, mod.in_channels, mod.out_channels, mod.groups, bias=True)
         new.weight.copy_(mod.weight)
