@@ -78,13 +78,12 @@ def _predict_onnx(onnx_path: Path, x: np.ndarray) -> tuple[np.ndarray, int]:
     return np.concatenate(preds), classes
 
 
-def evaluate(reference: nn.Module | np.ndarray, onnx_path: Path, data: EvalData) -> dict:
+def evaluate(want: np.ndarray, onnx_path: Path, data: EvalData) -> dict:
     """Accuracy of the reference and of the ONNX file on ``data``, and their agreement.
 
-    ``reference``: the reference network, or its :func:`predict_reference` on ``data.x``
-    (a build computes them early, while the base is in memory).
+    ``want``: the reference's classes, :func:`predict_reference` on ``data.x`` (a build
+    computes them early, while the base is in memory).
     """
-    want = reference if isinstance(reference, np.ndarray) else predict_reference(reference, data.x)
     got, classes = _predict_onnx(onnx_path, data.x)
     if int(data.y.max()) >= classes:
         raise InputError(f"{data.path}: y holds label {int(data.y.max())}, but the network has "

@@ -50,8 +50,7 @@ _SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "thre
               help="Round every pruned group's channel count up to a multiple of N; extra channels keep "
                    "what the masked network computes, so the build stays exact. 'auto' [default]: the "
                    "multiple the target favours (16 on x86 CPUs with AVX-512, 8 with AVX2 and on GPUs, "
-                   "1 elsewhere), "
-                   "recorded in the report.")
+                   "1 elsewhere), recorded in the report.")
 @click.option("--input", "inputs", type=INPUT, multiple=True,
               help="A .npy input to verify on, besides seeded random ones (repeatable).")
 @click.option("--rtol", type=float, default=None,

@@ -167,10 +167,9 @@ def _folds(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, plan: Pru
         # Removed channels read with weights are constant: their values are in c.value, in the
         # order of the consumer's constant positions.
         stored = np.searchsorted(np.nonzero(~c.dep)[0], pos)
-        channel_dim = 1 if c.axis == 1 else len(c.shape) - 1
         with one_thread():  # these values go into the file: the same bytes whatever the core count
-            values = c.value.index_select(channel_dim, torch.as_tensor(stored))
-            contrib = _contribution(mod, values, pos, c.shape, channel_dim)
+            values = c.value.index_select(c.channel_dim, torch.as_tensor(stored))
+            contrib = _contribution(mod, values, pos, c.shape, c.channel_dim)
         if c.axis != 1 and contrib.dim() > 1:
             contrib = contrib.movedim(-1, 0)  # channels first, like a convolution's, until stored
         fold = ConstantFold(c.module, len(np.unique(root[c.ids][pos])))

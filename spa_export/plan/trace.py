@@ -61,6 +61,11 @@ class ConsumerUse:
     shape: tuple[int, ...]   # the probe input's shape for one sample (batch axis 1)
     axis: int = 1            # where ``value``'s channels are: 1, or -1 (a Linear over tokens)
 
+    @property
+    def channel_dim(self) -> int:
+        """The dimension of the probe input (and of ``value``) that holds the channels."""
+        return _dim(self.axis, self.value)
+
 
 @dataclass
 class Producer:
@@ -383,8 +388,8 @@ def _check_constant(slot: Slot, value: torch.Tensor) -> Slot:
     first, second = (value[k].detach().index_select(0, index).reshape(len(claimed), -1) for k in (0, 1))
     same = torch.eq(first, second).all(1).numpy()  # the usual case: the very same values
     if not same.all():
-        rest = torch.from_numpy(np.flatnonzero(~same))
-        same[rest.numpy()] = torch.isclose(first[rest], second[rest], rtol=1e-5, atol=1e-6).all(1).numpy()
+        rest = np.flatnonzero(~same)
+        same[rest] = torch.isclose(first[rest], second[rest], rtol=1e-5, atol=1e-6).all(1).numpy()
     dep = slot.dep.copy()
     dep[claimed[~same]] = True
     return Slot(slot.ids, dep, slot.axis)
