@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from spa_export.arch import set_submodule
+from spa_export.attention import prune_attention
 from spa_export.errors import BuildError
 from spa_export.modcopy import check_complete, copy_leaving
 from spa_export.plan.model import ConstantFold, ModulePlan, PrunePlan
@@ -33,10 +34,13 @@ class AddConstant(nn.Module):
 def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """Return a pruned copy of ``model`` (the merged network the plan was made on)."""
     # The layers the plan replaces are read from ``model``: their tensors are not copied.
-    pruned = copy_leaving(model, [(name, None) for name in plan.modules]).eval()
+    heads = {name: ap for name, ap in plan.attention.items() if ap.changed}
+    pruned = copy_leaving(model, [(name, None) for name in [*plan.modules, *heads]]).eval()
     with torch.no_grad():
         for name, mp in plan.modules.items():
             set_submodule(pruned, name, _slice(model.get_submodule(name), name, mp))
+        for name, ap in heads.items():
+            set_submodule(pruned, name, prune_attention(model.get_submodule(name), ap))
         for name, fold in plan.folds.items():
             mp = plan.modules.get(name)
             set_submodule(pruned, name, _fold(pruned.get_submodule(name), fold, mp))

@@ -16,6 +16,7 @@ from torch import nn
 from spa_export.errors import SpaCompatibilityError
 from spa_export.spa.digest import safetensors_dtype_name
 from spa_export.spa.model import OVERRIDE_PREFIX, LayerSpa, SpaFile, tensor_name
+from spa_export.spa.projections import with_projections
 
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -223,6 +224,8 @@ def check_compatible(
     """
     modules = dict(model.named_modules())
     out_size = _resized_outputs(spa, modules, state_dict)
+    if any(isinstance(m, nn.MultiheadAttention) for m in modules.values()):
+        modules = with_projections(modules)   # '<attention>.q_proj' etc. (spa_export.spa.projections)
     for name, layer in spa.layers.items():
         first = next(iter(layer.tensors()), None)
         module = modules.get(name)

@@ -136,3 +136,30 @@ def prune_output_channels(layer: nn.Module, keep: torch.Tensor) -> None:
         if getattr(layer, "bias", None) is not None:
             layer.bias[~keep] = 0
     layer.output_mask = keep.float()
+
+
+class TokenEncoder(nn.Module):
+    """Token features ``[N, T, features]`` -> class scores through an ``nn.TransformerEncoder``.
+
+    The shape of a transformer built from PyTorch's own encoder layers: a
+    linear embedding, a learned position table, post-norm (or pre-norm)
+    encoder layers with ``nn.MultiheadAttention``, mean pooling and a head.
+    """
+
+    def __init__(self, num_classes: int = 5, features: int = 6, tokens: int = 8, width: int = 32,
+                 heads: int = 4, hidden: int = 64, layers: int = 2, norm_first: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Linear(features, width)
+        self.position = nn.Parameter(torch.zeros(1, tokens, width))
+        layer = nn.TransformerEncoderLayer(width, heads, hidden, dropout=0.1, batch_first=True,
+                                           norm_first=norm_first)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x) + self.position).mean(1))
+
+
+def token_encoder(num_classes: int = 5) -> nn.Module:
+    """A small ``nn.TransformerEncoder`` network for ``N,8,6`` token features (2 layers, width 32, 4 heads)."""
+    return TokenEncoder(num_classes=num_classes)

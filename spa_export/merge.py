@@ -16,6 +16,7 @@ from spa_export.errors import non_finite_merge
 from spa_export.finite import all_finite
 from spa_export.modcopy import check_complete, copy_leaving
 from spa_export.spa import LayerSpa, SpaFile
+from spa_export.spa.projections import part_tensors, split_name, weight_names
 from spa_export.threads import one_thread
 
 
@@ -34,23 +35,27 @@ class MergeReport:
 
 def merge(model: nn.Module, spa: SpaFile) -> tuple[nn.Module, MergeReport]:
     """Return a merged, masked float32 copy of ``model`` (overrides already applied) and a report."""
+    originals = dict(model.named_modules())
+    parts = {name: split_name(name, originals) for name in spa.layers}
+    attention = {where[0] for where in parts.values() if where is not None}
     # The SPA layers' weights and biases are not copied: W' and b' replace them.
-    merged = copy_leaving(model, [(name, attr) for name in spa.layers for attr in ("weight", "bias")])
-    merged = merged.float().eval()
-    originals, modules = dict(model.named_modules()), dict(merged.named_modules())
+    leave = [(name, attr) for name, where in parts.items() if where is None for attr in ("weight", "bias")]
+    leave += [(name, attr) for name in attention for attr in (*weight_names(originals[name]), "in_proj_bias")]
+    merged = copy_leaving(model, leave).float().eval()
+    modules = dict(merged.named_modules())
     report = MergeReport()
     # The copy is private until it is returned: updates go straight into it, and a non-finite
     # result discards it whole (the caller's network is never touched).
     with torch.no_grad(), one_thread():  # W' goes into the file: the same bytes on any machine
+        for name in sorted(attention):
+            _merge_attention(originals[name], modules[name], name, spa)
         for name, layer in sorted(spa.layers.items()):
-            original, mod = originals[name], modules[name]
-            weight, bias = merged_weights(original, layer)
-            for tensor, what in ((weight, "weight"), (bias, "bias")):
-                if tensor is not None and not all_finite(tensor):
-                    raise non_finite_merge(spa.path, name, what)
-            mod.weight = nn.Parameter(weight, original.weight.requires_grad)
-            if bias is not None:
-                mod.bias = nn.Parameter(bias, original.bias.requires_grad)
+            if parts[name] is None:
+                original, mod = originals[name], modules[name]
+                weight, bias = _checked(merged_weights(original, layer), spa, name)
+                mod.weight = nn.Parameter(weight, original.weight.requires_grad)
+                if bias is not None:
+                    mod.bias = nn.Parameter(bias, original.bias.requires_grad)
             report.layers += 1
             if layer.kind:
                 report.adapters[layer.kind] = report.adapters.get(layer.kind, 0) + 1
@@ -60,6 +65,45 @@ def merge(model: nn.Module, spa: SpaFile) -> tuple[nn.Module, MergeReport]:
                 report.masked_in_channels += int((~layer.in_mask).sum())
     check_complete(merged, "the merge")
     return merged, report
+
+
+def _checked(pair: tuple[torch.Tensor, torch.Tensor | None], spa: SpaFile,
+             name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    for tensor, what in zip(pair, ("weight", "bias"), strict=True):
+        if tensor is not None and not all_finite(tensor):
+            raise non_finite_merge(spa.path, name, what)
+    return pair
+
+
+def _merge_attention(original: nn.MultiheadAttention, mod: nn.MultiheadAttention, name: str,
+                     spa: SpaFile) -> None:
+    """``W'`` and ``b'`` of an attention's query, key and value projections, into its own tensors."""
+    weights, biases = [], []
+    for i, part in enumerate(("q_proj", "k_proj", "v_proj")):
+        w, b = part_tensors(original, i)
+        layer = spa.layers.get(f"{name}.{part}")
+        if layer is None:
+            w, b = w.detach().float().clone(), None if b is None else b.detach().float().clone()
+        else:
+            w, b = _checked(merged_weights(_Projection(w, b), layer), spa, f"{name}.{part}")
+        weights.append(w)
+        biases.append(b)
+    names = weight_names(original)
+    if original._qkv_same_embed_dim:
+        mod.in_proj_weight = nn.Parameter(torch.cat(weights), original.in_proj_weight.requires_grad)
+    else:
+        for attr, w in zip(names, weights, strict=True):
+            setattr(mod, attr, nn.Parameter(w, getattr(original, attr).requires_grad))
+    if original.in_proj_bias is not None:
+        mod.in_proj_bias = nn.Parameter(torch.cat(biases), original.in_proj_bias.requires_grad)
+
+
+class _Projection:
+    """One projection's weight and bias, read like a Linear layer's by :func:`merged_weights`."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.weight, self.bias = weight, bias
+        self.in_features = weight.shape[1]
 
 
 def merged_weights(mod: nn.Module, layer: LayerSpa) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -103,4 +147,4 @@ def merged_weights(mod: nn.Module, layer: LayerSpa) -> tuple[torch.Tensor, torch
 
 
 def _in_size(mod: nn.Module) -> int:
-    return mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
+    return mod.in_features if isinstance(mod, (nn.Linear, _Projection)) else mod.in_channels

@@ -15,10 +15,14 @@ def count_params(model: nn.Module) -> int:
 
 @contextlib.contextmanager
 def counting_macs(model: nn.Module) -> Iterator[list[int]]:
-    """While the block runs ``model``, ``total[0]`` adds up the MACs of its convolutions and linear layers.
+    """While the block runs ``model``, ``total[0]`` adds up the MACs of its convolutions, linear
+    layers and multi-head attention (projections and the products of every head).
 
-    Only shapes are read, so it counts on the meta device too.
+    Only shapes are read, so it counts on the meta device too. Attention written
+    out of plain operations (Swin's windows) counts its linear layers only.
     """
+    from spa_export.attention import PrunedAttention, attention_macs
+
     total = [0]
 
     def conv_hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -27,9 +31,15 @@ def counting_macs(model: nn.Module) -> Iterator[list[int]]:
     def linear_hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         total[0] += int(output[0].numel()) * mod.in_features
 
+    def attention_hook(mod: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        given = dict(zip(("query", "key", "value"), args, strict=False)) | kwargs
+        total[0] += attention_macs(mod, given["query"], given["key"], given["value"])
+
     handles = []
     for mod in model.modules():
-        if isinstance(mod, nn.modules.conv._ConvNd):
+        if isinstance(mod, (nn.MultiheadAttention, PrunedAttention)):
+            handles.append(mod.register_forward_hook(attention_hook, with_kwargs=True))
+        elif isinstance(mod, nn.modules.conv._ConvNd):
             handles.append(mod.register_forward_hook(conv_hook))
         elif isinstance(mod, nn.Linear):
             handles.append(mod.register_forward_hook(linear_hook))
@@ -42,7 +52,7 @@ def counting_macs(model: nn.Module) -> Iterator[list[int]]:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """MACs of convolutions and linear layers for one sample of ``input_shape``."""
+    """MACs of convolutions, linear layers and attention for one sample of ``input_shape``."""
     with counting_macs(model) as total:
         model.eval()(torch.zeros((1, *input_shape[1:])))
     return total[0]

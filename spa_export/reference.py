@@ -22,6 +22,7 @@ from spa_export.arch import build_loaded, load_into, resize_for_overrides, witho
 from spa_export.errors import non_finite_merge
 from spa_export.finite import all_finite
 from spa_export.spa import LayerSpa, SpaFile
+from spa_export.spa.projections import split_name
 
 
 def build_reference(arch: str, base_state: dict[str, torch.Tensor], spa: SpaFile) -> nn.Module:
@@ -37,14 +38,51 @@ def build_reference(arch: str, base_state: dict[str, torch.Tensor], spa: SpaFile
         load_into(model, {**base_state, **spa.overrides}, source=spa.path, assign=True)
     model = model.float().eval().requires_grad_(False)
     modules = dict(model.named_modules())
+    attention: dict[str, dict[int, LayerSpa]] = {}
     for name, layer in spa.layers.items():
+        where = split_name(name, modules)
+        if where is not None:    # an attention's query, key or value projection
+            attention.setdefault(where[0], {})[where[1]] = layer
+            continue
         mod = modules[name]
         groups = getattr(mod, "groups", 1)
         where = (spa.path, name)
         parametrize.register_parametrization(mod, "weight", _MaskedWeight(layer, groups, where), unsafe=True)
         if mod.bias is not None:
             parametrize.register_parametrization(mod, "bias", _MaskedBias(layer, where), unsafe=True)
+    for name, layers in attention.items():
+        _parametrize_attention(modules[name], name, layers, spa.path)
     return model
+
+
+def _parametrize_attention(mod: nn.MultiheadAttention, name: str, layers: dict[int, LayerSpa],
+                           path: object) -> None:
+    """The projections' ``W'`` and ``b'`` where ``nn.MultiheadAttention`` keeps them: rows of its tensors."""
+    parts = ("q_proj", "k_proj", "v_proj")
+    weights = [None if i not in layers else _MaskedWeight(layers[i], 1, (path, f"{name}.{parts[i]}"))
+               for i in range(3)]
+    if mod._qkv_same_embed_dim:
+        parametrize.register_parametrization(mod, "in_proj_weight", _Rows(weights), unsafe=True)
+    else:
+        for i, attr in enumerate(("q_proj_weight", "k_proj_weight", "v_proj_weight")):
+            if weights[i] is not None:
+                parametrize.register_parametrization(mod, attr, weights[i], unsafe=True)
+    if mod.in_proj_bias is not None:
+        biases = [None if i not in layers else _MaskedBias(layers[i], (path, f"{name}.{parts[i]}"))
+                  for i in range(3)]
+        parametrize.register_parametrization(mod, "in_proj_bias", _Rows(biases), unsafe=True)
+
+
+class _Rows(nn.Module):
+    """A tensor of three equal row blocks (query, key, value), each through its own map or as it is."""
+
+    def __init__(self, maps: list[nn.Module | None]) -> None:
+        super().__init__()
+        self.maps = maps
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        blocks = t.chunk(3)
+        return torch.cat([b if f is None else f(b) for f, b in zip(self.maps, blocks, strict=True)])
 
 
 class _MaskedWeight(nn.Module):

@@ -24,6 +24,7 @@ from spa_export.errors import InputError
 from spa_export.plan.decide import dependency_groups
 from spa_export.plan.trace import ChannelGraph, trace_channels
 from spa_export.spa import LayerSpa, SpaFile, make_spa, state_dict_digest
+from spa_export.spa.projections import PARTS, with_projections
 
 MASK_MODES = ("groups", "out-only", "random")
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -70,13 +71,14 @@ def synth_spa(arch: str, input_shape: tuple[int, ...], *, prune: float = 0.5, ra
     model = build_model(arch)
     graph = trace_channels(model, tuple(input_shape), seed=seed)
     rng = np.random.default_rng(seed)
-    modules = dict(model.named_modules())
+    modules = with_projections(dict(model.named_modules()))   # attention's q_proj, k_proj, v_proj too
     out_masks: dict[str, np.ndarray] = {}
     in_masks: dict[str, np.ndarray] = {}
     if masks == "random":
         _random_masks(graph, modules, prune, rng, out_masks, in_masks)
     else:
         _group_masks(graph, prune, rng, out_masks, in_masks, with_inputs=masks == "groups")
+        _head_masks(graph, modules, prune, rng, out_masks, in_masks, with_inputs=masks == "groups")
     head = _head(graph, modules)
     overrides: dict[str, torch.Tensor] = {}
     gen = torch.Generator().manual_seed(seed + 7)
@@ -157,6 +159,22 @@ def _group_masks(graph: ChannelGraph, prune: float, rng: np.random.Generator, ou
     if with_inputs:
         for c in graph.consumers:
             in_masks[c.module] = ~np.isin(root[c.ids], keep)
+
+
+def _head_masks(graph: ChannelGraph, modules: dict, prune: float, rng: np.random.Generator, out_masks: dict,
+                in_masks: dict, *, with_inputs: bool) -> None:
+    """Whole attention heads: their query, key and value rows (and the output projection's columns)."""
+    for name, weights_read in graph.attention.items():
+        mod = modules[name]
+        k = min(int(prune * mod.num_heads), mod.num_heads - 1)
+        if weights_read or k == 0:
+            continue
+        heads = rng.choice(mod.num_heads, size=k, replace=False)
+        keep = ~np.isin(np.arange(mod.embed_dim) // mod.head_dim, heads)
+        for part in PARTS:
+            out_masks[f"{name}.{part}"] = keep
+        if with_inputs:
+            in_masks[f"{name}.out_proj"] = keep
 
 
 def _grouped_layout(graph: ChannelGraph, root: np.ndarray, roots: np.ndarray) -> list[np.ndarray] | None:

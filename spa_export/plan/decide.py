@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spa_export.plan.heads import plan_heads
 from spa_export.plan.model import ROUNDING_REASON, ConstantFold, GroupReport, ModulePlan, PrunePlan
 from spa_export.plan.trace import ChannelGraph
 from spa_export.threads import one_thread
@@ -69,6 +70,11 @@ def decide(graph: ChannelGraph, input_shape: list[int], *, round_to: int = 1,
     _module_plans(graph, root, removed, plan)
     _folds(graph, root, removed, plan)
     plan.groups = _reports(graph, root, removed, constant, candidate, reason, groups)
+    for name, weights_read in graph.attention.items():
+        heads = plan_heads(name, graph.modules[name], weights_read=weights_read, round_to=round_to,
+                           round_small=round_small)
+        if heads.changed or heads.reason:
+            plan.attention[name] = heads
     return plan
 
 

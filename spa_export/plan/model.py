@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from spa_export.plan.heads import AttentionPlan
+
 
 @dataclass
 class ModulePlan:
@@ -88,6 +90,8 @@ class PrunePlan:
     modules: dict[str, ModulePlan] = field(default_factory=dict)
     folds: dict[str, ConstantFold] = field(default_factory=dict)
     groups: list[GroupReport] = field(default_factory=list)
+    #: nn.MultiheadAttention modules that lose heads or channels of heads, or say why not
+    attention: dict[str, AttentionPlan] = field(default_factory=dict)
     round_to: int = 1
     untraced: str | None = None  # why the network could not be traced (then nothing is removed)
 
@@ -98,6 +102,9 @@ class PrunePlan:
             if g.removed == 0 and g.kept_reasons:
                 reason = max(g.kept_reasons.items(), key=lambda kv: kv[1])[0]
                 out.append({"id": g.id, "channels": g.channels, "reason": reason})
+        for name, ap in self.attention.items():
+            if ap.reason:
+                out.append({"id": f"{name} (heads)", "channels": ap.num_heads * ap.head_dim, "reason": ap.reason})
         return out
 
     def rounding_extra(self) -> int:
@@ -111,4 +118,5 @@ class PrunePlan:
             "untraced": self.untraced,
             "modules": {k: v.to_json() for k, v in sorted(self.modules.items())},
             "constant_folds": [f.to_json() for f in self.folds.values()],
+            **({"attention": {k: v.to_json() for k, v in sorted(self.attention.items())}} if self.attention else {}),
         }

@@ -99,6 +99,8 @@ class ChannelGraph:
     modules: dict[str, nn.Module] = field(default_factory=dict)
     #: convolution -> the batch-norm that is the only reader of its output (both called once)
     followers: dict[str, str] = field(default_factory=dict)
+    #: nn.MultiheadAttention modules whose heads may go -> whether the network reads their weights
+    attention: dict[str, bool] = field(default_factory=dict)
 
     def new_ids(self, n: int, label: str, *, fixed_reason: str | None = None) -> np.ndarray:
         ids = self.uf.new(n)
@@ -111,7 +113,7 @@ class ChannelGraph:
 def trace_channels(model: nn.Module, input_shape: tuple[int, ...], *, seed: int = 0) -> ChannelGraph:
     """Trace ``model`` (not modified, not copied) on a probe of ``input_shape`` (batch axis replaced by 2)."""
     try:
-        gm = fx.symbolic_trace(model)  # shares the model's modules; nothing of them is changed
+        gm = fx.GraphModule(model, _Tracer().trace(model))  # shares the model's modules, changes none
     except Exception as err:
         raise ArchitectureError(
             f"the network cannot be traced with torch.fx ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
@@ -125,12 +127,54 @@ def trace_channels(model: nn.Module, input_shape: tuple[int, ...], *, seed: int 
     return graph
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, entering ``nn.TransformerEncoder`` and its layers (leaves by default).
+
+    Their ``forward`` chooses a fused fast path by inspecting tensors, which a
+    symbolic trace cannot; the regular path they compute in eval mode is
+    written out here, calling the same submodules, so that their linear
+    layers and attention are seen by name.
+    """
+
+    def call_module(self, m: nn.Module, forward: object, args: tuple, kwargs: dict) -> object:
+        if type(m) is nn.TransformerEncoderLayer:
+            return _encoder_layer(m, *args, **kwargs)
+        if type(m) is nn.TransformerEncoder:
+            return _encoder(m, *args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+
+def _encoder_layer(m: nn.TransformerEncoderLayer, src: object, src_mask: object = None,
+                   src_key_padding_mask: object = None, is_causal: bool = False) -> object:
+    def attend(x: object) -> object:
+        out = m.self_attn(x, x, x, attn_mask=src_mask, key_padding_mask=src_key_padding_mask, need_weights=False)
+        return m.dropout1(out[0])
+
+    def feed_forward(x: object) -> object:
+        return m.dropout2(m.linear2(m.dropout(m.activation(m.linear1(x)))))
+
+    if m.norm_first:
+        x = src + attend(m.norm1(src))
+        return x + feed_forward(m.norm2(x))
+    x = m.norm1(src + attend(src))
+    return m.norm2(x + feed_forward(x))
+
+
+def _encoder(m: nn.TransformerEncoder, src: object, mask: object = None, src_key_padding_mask: object = None,
+             is_causal: bool | None = None) -> object:
+    out = src
+    for layer in m.layers:
+        out = layer(out, src_mask=mask, src_key_padding_mask=src_key_padding_mask)
+    return out if m.norm is None else m.norm(out)
+
+
 class _Interpreter(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, graph: ChannelGraph, calls: Counter) -> None:
         super().__init__(gm)
         self.g = graph
         self.calls = calls
         self.slots: dict[str, Slot] = {}
+        self.items: dict[str, tuple[Slot | None, ...]] = {}   # slots of tuple outputs (attention)
 
     # -- helpers -------------------------------------------------------------------------
     def slot_of(self, arg: object) -> Slot | None:
@@ -202,6 +246,8 @@ class _Interpreter(fx.Interpreter):
         stateful = any(True for _ in mod.parameters()) or any(True for _ in mod.buffers())
         if self.calls[n.target] > 1 and stateful:
             return self.barrier(n, result, f"{kind} called more than once")
+        if type(mod) is nn.MultiheadAttention:
+            return self.attention(n, mod, result)
         if x is None or not isinstance(result, torch.Tensor) or len(n.args) != 1 or n.kwargs:
             return self.barrier(n, result, kind)
         value = self.env[n.args[0]]
@@ -267,12 +313,31 @@ class _Interpreter(fx.Interpreter):
         self.g.producers.append(Producer(n.target, ids, 1, module=n.target, dep=dep))
         return Slot(ids, dep, -1)
 
+    def attention(self, n: fx.Node, mod: nn.MultiheadAttention, result: object) -> None:
+        """Self- or cross-attention: its inputs and outputs stay, its heads are planned apart."""
+        reason = f"read by attention '{n.target}' (its input features stay)"
+        for arg in n.all_input_nodes:
+            s = self.slots.get(arg.name)
+            if s is not None:
+                self.g.holds.append((s.ids, reason))
+        if not isinstance(result, tuple) or not isinstance(result[0], torch.Tensor) or result[0].dim() < 2:
+            return None
+        out = result[0]
+        ids = self.g.new_ids(int(out.shape[-1]), n.name, fixed_reason=f"the output of attention '{n.target}'")
+        self.g.producers.append(Producer(n.name, ids))
+        self.items[n.name] = (Slot(ids, np.ones(len(ids), dtype=bool), -1), None)
+        self.g.attention[n.target] = _reads_weights(n)
+        return None
+
     def on_function(self, n: fx.Node, result: object) -> Slot | None:
         target = n.target
         name = target if isinstance(target, str) else ops.function_name(target)
         is_method = n.op == "call_method"
         args = n.args
         x = self.slot_of(args[0]) if args else None
+        if target is operator.getitem and isinstance(args[0], fx.Node) and args[0].name in self.items \
+                and isinstance(args[1], int) and -2 <= args[1] < 2:
+            return self.items[args[0].name][args[1]]
         if (is_method and name in ops.SHAPE_METHODS) or (not is_method and target in ops.SHAPE_FUNCTIONS):
             if target is operator.getitem and isinstance(self.env.get(args[0]), torch.Tensor):
                 return self.barrier(n, result, "indexing")
@@ -340,6 +405,16 @@ class _Interpreter(fx.Interpreter):
         else:
             dep = sa.dep | sb.dep
         return Slot(sa.ids, dep, sa.axis)
+
+
+def _reads_weights(n: fx.Node) -> bool:
+    """Whether anything reads the second output (the attention weights) of node ``n``."""
+    for u in n.users:
+        if u.op != "call_function" or u.target is not operator.getitem:
+            return True          # the tuple itself is passed on
+        if u.args[1] not in (0, -2) and u.users:
+            return True
+    return False
 
 
 def _same_channels(a: torch.Tensor, b: object, axis: int = 1) -> bool:
