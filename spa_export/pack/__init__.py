@@ -39,8 +39,16 @@ from spa_export.pack.adapters import (
     is_adapter_key,
     merged_weight,
 )
+from spa_export.pack.attention import (
+    frozen_state,
+    fused_keys,
+    library_attention,
+    mask_projection,
+    split_state,
+)
 from spa_export.pack.masks import LayerMasks, MaskPair, find_masks
 from spa_export.spa import LayerSpa, SpaFile, make_spa, spa_bytes, state_dict_digest
+from spa_export.spa.projections import PARTS
 
 #: Tolerance of the check, as for a build: |got - want| <= ATOL x output scale + RTOL x |want|.
 RTOL = 1e-4
@@ -130,9 +138,19 @@ def pack_model(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None, 
     ``model`` is not changed.
     """
     adapted = adapted_layers(model)
-    net = network_state(model, adapted, list(base_state) if base_state is not None else None)
+    attention = library_attention(model)
+    fused = {k: name for name, mod in attention.items() for k in fused_keys(name, mod)}
+    net = network_state(model, adapted, [k for k in base_state if k not in fused] if base_state is not None else None)
+    for name, mod in attention.items():       # the library's attention holds them split (pack.attention)
+        net = {k: v for k, v in net.items() if not any(k.startswith(f"{name}.{p}.") for p in PARTS)}
+        net.update(frozen_state(name, mod))
     base = {k: v.detach().to("cpu") for k, v in (base_state if base_state is not None else net).items()}
-    found = find_masks(model, base, masks)
+    # Each projection's weight and bias, as a Linear layer's entries (masks, adapter_bias, overrides).
+    split_net, split_base = {}, {}
+    for name, mod in attention.items():
+        split_net.update(split_state(name, mod._qkv_same_embed_dim, net))
+        split_base.update(split_state(name, mod._qkv_same_embed_dim, base))
+    found = find_masks(model, {**base, **split_base}, masks)
     modules = dict(model.named_modules())
     overrides: dict[str, torch.Tensor] = {}
     reasons: list[dict] = []
@@ -155,14 +173,21 @@ def pack_model(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None, 
             fields = adapter_fields(name, kind, mod, _keep_index(lm.out_mask, out_size),
                                     _keep_index(lm.in_mask, in_size))
             bias_key = f"{name}.bias"
-            if bias_key in net and bias_key in base and net[bias_key].shape == base[bias_key].shape:
-                delta = net[bias_key].float() - base[bias_key].float()
+            nets, bases = {**net, **split_net}, {**base, **split_base}
+            if bias_key in nets and bias_key in bases and nets[bias_key].shape == bases[bias_key].shape:
+                delta = nets[bias_key].float() - bases[bias_key].float()
                 if bool((delta != 0).any()):
                     fields["adapter_bias"] = delta[_keep_index(lm.out_mask, out_size)].contiguous()
                 absorbed.add(bias_key)
         layer = LayerSpa(name, out_mask=lm.out_mask, in_mask=lm.in_mask, **fields)
         if layer.field_tensors():
             layers.append(layer)
+    for key, owner in fused.items():
+        if key.endswith("in_proj_bias"):
+            absorbed.add(key)         # the projections' adapter_bias (all three are SPLoRA layers)
+        elif all(_outside_masks(split_net[k], split_base[k], found.get(k.rpartition(".")[0]), None)
+                 for k in split_net if k.startswith(f"{owner}.") and k.endswith(".weight")):
+            absorbed.add(key)         # the frozen weights are the base's, but for masked rows and columns
     for key, value in net.items():
         if key in absorbed:
             continue
@@ -205,8 +230,13 @@ def _masked_forward(model: nn.Module, found: Mapping[str, LayerMasks], x: torch.
                     apply: bool) -> torch.Tensor:
     handles = []
     modules = dict(model.named_modules())
+    attention = library_attention(model)
     if apply:
         for name, lm in found.items():
+            owner, _, part = name.rpartition(".")
+            if owner in attention and part in PARTS:   # never called as a layer: masked in its tensors
+                mask_projection(attention[owner], part, lm.out_mask, lm.in_mask)
+                continue
             mod = modules[name]
             axis = -1 if isinstance(mod, nn.Linear) else 1
             if lm.out_mask is not None:
@@ -254,8 +284,8 @@ def check(model: nn.Module, spa: SpaFile, base: Mapping[str, torch.Tensor], arch
     with torch.no_grad():
         got = reference(x)
     got = got if isinstance(got, torch.Tensor) else got[0]
-    masked_err, masked_ok = _error(got, _masked_forward(net, found, x, apply=True))
     own_err, own_ok = _error(got, _masked_forward(net, found, x, apply=False))
+    masked_err, masked_ok = _error(got, _masked_forward(net, found, x, apply=True))   # masks the copy
     if not masked_ok:
         raise InputError(f"the packed SPA does not compute what the adapted network computes with its masks "
                          f"(worst error {masked_err:.3g} of the output's scale); please report it")

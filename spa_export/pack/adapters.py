@@ -65,8 +65,10 @@ def adapted_layers(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
             continue
         if any(name == f"{a}.adapter" or name.startswith(f"{a}.adapter.") for a in found if a):
             continue  # the adapter's own helper modules (LowRankMatrix, SPLoPAdapter)
+        if type(mod).__name__ == "SPLoRAMultiheadAttention":
+            continue  # its projections are SPLoRA layers (spa_export.pack.attention)
         raise InputError(f"'{shown(name)}': adapter kind {type(mod).__name__} has no SPA form "
-                         "(supported: SPLoRA Linear/ConvNd, SPPaRA ConvNd, SPLoPA Linear)")
+                         "(supported: SPLoRA Linear/ConvNd/MultiheadAttention, SPPaRA ConvNd, SPLoPA Linear)")
     if "" in found:
         raise InputError("the adapted model is a single layer: wrap it in a container so it has a name")
     return found

@@ -6,6 +6,8 @@ A training script saves ``model.state_dict()`` of a network adapted with
 * ``L.adapter.cols`` / ``L.adapter.rows``: SPLoRA, its rank from the shapes;
 * ``L.adapter`` (a matrix) on a convolution: SPPaRA;
 * ``L.adapter.pos_weights`` and ``L.adapter.prototypes.*``: SPLoPA;
+* ``M.q_proj.adapter.cols`` under an ``nn.MultiheadAttention`` ``M``: the
+  library's ``SPLoRAMultiheadAttention`` (its projections as SPLoRA layers);
 * ``L.weight_orig`` / ``L.weight_mask``: a layer still pruned with
   ``torch.nn.utils.prune``; ``L.output_mask``: a mask kept as a buffer;
 * a weight whose first dimension differs from the architecture's: a new head.
@@ -70,6 +72,15 @@ def rebuild_adapted(arch: str, state: Mapping[str, torch.Tensor], *, source: obj
     from torch.nn.utils import prune
 
     model = build_model(arch)
+    for name, mod in list(model.named_modules()):
+        cols = state.get(f"{name}.q_proj.adapter.cols")
+        if isinstance(mod, nn.MultiheadAttention) and cols is not None:
+            import sp_adapters as lib
+
+            if cols.dim() != 3:
+                raise CheckpointError(f"'{shown(name)}.q_proj.adapter.cols': expected [1, out, rank], "
+                                      f"got {list(cols.shape)}")
+            set_submodule(model, name, lib.SPLoRAMultiheadAttention.from_module(mod, rank=int(cols.shape[2])))
     for name, mod in list(model.named_modules()):
         if not name or not isinstance(mod, LAYERS):
             continue
