@@ -149,6 +149,7 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         import torch
 
         from spa_export.apply import apply_plan
+        from spa_export.blocks import block_report
         from spa_export.arrays import read_input
         from spa_export.export import export_onnx
         from spa_export.footprint import activation_footprint
@@ -258,6 +259,7 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         "groups_kept_whole": plan.groups_kept_whole(),
         "rounding": {**rounding.to_dict(), "extra_channels": plan.rounding_extra()},
         "plan": plan.to_json(),
+        **({"blocks": blocks} if (blocks := block_report(loaded.spa, plan)) else {}),
         "export": export.to_json(),
         "verification": verification.to_json(),
     }

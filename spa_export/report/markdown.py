@@ -56,6 +56,18 @@ def _sci(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, (int, float)) else "n/a"
 
 
+def block_summary(rows: list[dict]) -> str | None:
+    """One sentence over all block-masked layers (None without any)."""
+    if not rows:
+        return None
+    blocks = sum(r["grid"][0] * r["grid"][1] for r in rows)
+    kept = sum(r["blocks_kept"] for r in rows)
+    whole = sum(r["block_rows_pruned"] + r["block_cols_pruned"] for r in rows)
+    gone = sum(r["out_removed"] + r["in_removed"] for r in rows)
+    return (f"{len(rows)} block-masked layer(s): {kept:,} of {blocks:,} blocks kept ({kept / blocks:.1%} dense); "
+            f"{whole} whole block rows or columns pruned; {gone} channel(s) of these layers removed")
+
+
 def _summary(report: Mapping[str, Any]) -> list[str]:
     inputs = report.get("inputs") or {}
     rows: list[tuple[str, str]] = []
@@ -83,6 +95,14 @@ def _summary(report: Mapping[str, Any]) -> list[str]:
         rows.append(("Channel rounding", f"multiples of {rounding.get('multiple')} "
                      f"({rounding.get('requested')}: {rounding.get('why')})"
                      + (f"; {extra} channel(s) kept beyond the masks" if extra else "")))
+    blocks = block_summary(report.get("blocks") or [])
+    if blocks:
+        rows.append(("Block masks", blocks))
+    heads = (report.get("plan") or {}).get("attention") or {}
+    if heads:
+        total = sum(a["num_heads"] for a in heads.values())
+        kept = sum(len(a["heads_kept"]) for a in heads.values())
+        rows.append(("Attention heads", f"{kept} of {total} kept in {len(heads)} attention module(s)"))
     learned = report.get("learned_params") or {}
     if learned:
         rows.append(("Learned parameters", _int(learned.get("total"))))
