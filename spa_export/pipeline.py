@@ -149,8 +149,8 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         import torch
 
         from spa_export.apply import apply_plan
-        from spa_export.blocks import block_report
         from spa_export.arrays import read_input
+        from spa_export.blocks import block_report
         from spa_export.export import export_onnx
         from spa_export.footprint import activation_footprint
         from spa_export.load import load_task, read_base, reread_base
