@@ -82,6 +82,7 @@ class GroupReport:
 
 
 ROUNDING_REASON = "kept to round the group to a multiple of"
+STREAM_REASON = "the residual stream"
 
 
 @dataclass
@@ -98,10 +99,19 @@ class PrunePlan:
     def groups_kept_whole(self) -> list[dict]:
         """Groups that the masks asked to shrink (or could shrink) but stayed whole, and why."""
         out = [{"id": "(whole network)", "channels": 0, "reason": self.untraced}] if self.untraced else []
+        stream: list[GroupReport] = []
         for g in self.groups:
             if g.removed == 0 and g.kept_reasons:
                 reason = max(g.kept_reasons.items(), key=lambda kv: kv[1])[0]
-                out.append({"id": g.id, "channels": g.channels, "reason": reason})
+                if reason.startswith(STREAM_REASON):
+                    stream.append(g)    # said once per model: a post-norm block starts a new one
+                else:
+                    out.append({"id": g.id, "channels": g.channels, "reason": reason})
+        if stream:
+            ids = ", ".join(g.id for g in stream[:3]) + (f" and {len(stream) - 3} more" if len(stream) > 3 else "")
+            out.append({"id": f"residual stream ({len(stream)} group(s): {ids})",
+                        "channels": sum(g.channels for g in stream),
+                        "reason": max(stream[0].kept_reasons.items(), key=lambda kv: kv[1])[0]})
         for name, ap in self.attention.items():
             if ap.reason:
                 out.append({"id": f"{name} (heads)", "channels": ap.num_heads * ap.head_dim, "reason": ap.reason})

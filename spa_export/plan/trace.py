@@ -33,6 +33,7 @@ from torch import nn
 
 from spa_export.errors import ArchitectureError
 from spa_export.plan import ops
+from spa_export.plan.model import STREAM_REASON
 from spa_export.plan.unionfind import UnionFind
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -323,11 +324,31 @@ class _Interpreter(fx.Interpreter):
         if not isinstance(result, tuple) or not isinstance(result[0], torch.Tensor) or result[0].dim() < 2:
             return None
         out = result[0]
-        ids = self.g.new_ids(int(out.shape[-1]), n.name, fixed_reason=f"the output of attention '{n.target}'")
+        ids = self.g.new_ids(int(out.shape[-1]), n.name)
+        self.g.holds.append((ids, f"the output of attention '{n.target}'"))
         self.g.producers.append(Producer(n.name, ids))
         self.items[n.name] = (Slot(ids, np.ones(len(ids), dtype=bool), -1), None)
         self.g.attention[n.target] = _reads_weights(n)
         return None
+
+    def opaque(self, s: Slot) -> bool:
+        return all(int(i) in self.g.fixed for i in s.ids)
+
+    def on_axis(self, s: Slot, axis: int, value: torch.Tensor, n: fx.Node) -> Slot:
+        """``s`` along ``axis``, where every channel of ``s`` stays anyway (else ``s`` as it is).
+
+        A tensor made by an operation not followed (a reshape into tokens, a
+        class token concatenated) has fixed ids along dimension 1; added to
+        features on the last axis (the residual stream of a transformer), its
+        features stay, and so do those they are added to: one group for the
+        whole stream, not one per block.
+        """
+        if s.axis == axis or not self.opaque(s):
+            return s
+        reason = f"{STREAM_REASON} (features added along it stay wherever any of them is normalised, " \
+                 "attended to or read by an operation not followed)"
+        ids = self.g.new_ids(int(value.shape[_dim(axis, value)]), n.name, fixed_reason=reason)
+        return Slot(ids, np.ones(len(ids), dtype=bool), axis)
 
     def on_function(self, n: fx.Node, result: object) -> Slot | None:
         target = n.target
@@ -394,9 +415,14 @@ class _Interpreter(fx.Interpreter):
             return s
         (a, va), (b, vb) = tensors
         sa, sb = self.slot_of(a), self.slot_of(b)
+        if sa is not None and sb is not None and sa.axis != sb.axis and va.dim() == vb.dim() == result.dim() \
+                and va.shape[1:] == vb.shape[1:] == result.shape[1:]:
+            opaque_a, opaque_b = self.opaque(sa), self.opaque(sb)
+            axis = sb.axis if opaque_a and not opaque_b else sa.axis if opaque_b and not opaque_a else -1
+            sa, sb = self.on_axis(sa, axis, va, n), self.on_axis(sb, axis, vb, n)
         if sa is None or sb is None or sa.axis != sb.axis or va.dim() != vb.dim() \
                 or va.shape[sa.axis] != vb.shape[sa.axis] or not _same_channels(va, result, sa.axis) \
-                or (sa.axis != 1 and va.shape != vb.shape):
+                or (sa.axis != 1 and va.shape[1:] != vb.shape[1:]):
             return self.barrier(n, result, "elementwise operation across channel counts or axes")
         self.g.uf.union_arrays(sa.ids, sb.ids)
         if is_mul:

@@ -163,3 +163,23 @@ def test_pruned_attention_takes_masks_as_multihead_attention_does(batch_first: b
             want = mha(x, x, x, need_weights=False, **kwargs)[0]
             got = new(x, x, x, need_weights=False, **kwargs)[0]
             assert (want - got).abs().max() < 1e-5, kwargs
+
+
+@pytest.mark.parametrize("model", ["vit", "encoder"])
+def test_the_residual_stream_is_reported_once_per_model(model: str) -> None:
+    net, shape = (_vit(), VIT) if model == "vit" else (_encoder(), TOKENS)
+    layers = [b for b in net.modules() if isinstance(b, nn.Linear) and b.out_features == 32
+              and b.in_features == 64]                  # every block's second MLP layer writes the stream
+    assert len(layers) == 2
+    with torch.no_grad():
+        for layer in layers:                              # output masks on the stream's features
+            layer.weight[:5] = 0
+            layer.bias[:5] = 0
+    plan = make_plan(net, shape)
+    stream = [g for g in plan.groups_kept_whole() if g["reason"].startswith("the residual stream")]
+    assert len(stream) == 1, plan.groups_kept_whole()
+    assert all(not g["reason"].startswith("the residual stream") for g in plan.groups_kept_whole()
+               if g is not stream[0])
+    pruned = apply_plan(net, plan)
+    assert all(pruned.get_submodule(n).out_features == 32 for n, m in net.named_modules() if m in layers)
+    assert _error(net, pruned, shape) < 1e-5
