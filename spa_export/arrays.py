@@ -103,15 +103,52 @@ def finite_float32(arr: np.ndarray, where: str) -> np.ndarray:
     return out
 
 
-def read_input(path: Path, input_shape: Sequence[int]) -> np.ndarray:
-    """An ``--input`` file: one sample ``[C, H, W]`` or a batch ``[N, C, H, W]`` of the input shape."""
-    arr = read_npy(path)
-    if arr.ndim == len(input_shape) - 1:
+def read_inputs(path: Path, inputs: Sequence) -> dict[str, np.ndarray]:
+    """An ``--input`` file for every input of the network (InputSpecs), by input name.
+
+    One input: a ``.npy`` array (one sample or a batch). Several: an ``.npz``
+    archive with one array per input name (``numpy.savez(path, ids=..., mask=...)``),
+    every one with the same batch. Integer inputs must hold integers in their range.
+    """
+    if len(inputs) == 1 and (not zipfile.is_zipfile(path) or inputs[0].name not in read_npz(path, [inputs[0].name])):
+        spec = inputs[0]   # (read_npy says what an archive without the input's array is)
+        return {spec.name: _checked(read_npy(path), spec, str(path))}
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: the network takes {len(inputs)} inputs ({', '.join(s.name for s in inputs)}): "
+                         "give an .npz archive with one array per input (numpy.savez)")
+    arrays = read_npz(path, [s.name for s in inputs])
+    missing = [s.name for s in inputs if s.name not in arrays]
+    if missing:
+        raise InputError(f"{path}: no array for input(s) {', '.join(missing)} (the archive's arrays are named "
+                         "by input)")
+    out = {s.name: _checked(arrays[s.name], s, f"{path}: array '{s.name}'") for s in inputs}
+    batches = {len(a) for a in out.values()}
+    if len(batches) != 1:
+        raise InputError(f"{path}: the inputs' batch sizes differ ({sorted(batches)})")
+    return out
+
+
+def _checked(arr: np.ndarray, spec: object, where: str) -> np.ndarray:
+    shape = spec.shape
+    if arr.ndim == len(shape) - 1:
         arr = arr[None]
-    if arr.ndim != len(input_shape) or tuple(arr.shape[1:]) != tuple(input_shape[1:]) or arr.shape[0] < 1:
-        raise InputError(f"{path}: shape {list(arr.shape)} does not match the input shape "
-                         f"[N, {', '.join(map(str, input_shape[1:]))}]")
-    return finite_float32(arr, str(path))
+    if arr.ndim != len(shape) or tuple(arr.shape[1:]) != tuple(shape[1:]) or arr.shape[0] < 1:
+        raise InputError(f"{where}: shape {list(arr.shape)} does not match input '{spec.name}' "
+                         f"[N, {', '.join(map(str, shape[1:]))}]")
+    if spec.is_float:
+        return finite_float32(arr, where)
+    if spec.dtype == "bool":
+        if arr.dtype.kind != "b":
+            raise InputError(f"{where}: input '{spec.name}' is bool, the array {arr.dtype}")
+        return arr
+    if arr.dtype.kind not in "iub":
+        raise InputError(f"{where}: input '{spec.name}' is {spec.dtype}, the array {arr.dtype}")
+    out_of_range = (arr < spec.low) | (arr >= spec.high)
+    if out_of_range.any():
+        idx = [int(i) for i in np.unravel_index(int(np.argmax(out_of_range)), arr.shape)]
+        raise InputError(f"{where}: value {arr[tuple(idx)]} at index {idx} is outside input '{spec.name}''s "
+                         f"range [{spec.low}, {spec.high})")
+    return arr.astype(spec.numpy_dtype)
 
 
 def read_npz(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:

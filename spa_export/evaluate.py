@@ -34,8 +34,15 @@ class EvalData:
     split: str
 
 
-def read_eval(path: Path, input_shape: tuple[int, ...]) -> EvalData:
-    """Read and check an evaluation set for a network taking ``input_shape``."""
+def read_eval(path: Path, input_shape: object) -> EvalData:
+    """Read and check an evaluation set for a network taking ``input_shape`` (one float input)."""
+    from spa_export.inputs import as_inputs, describe, is_plain
+
+    specs = as_inputs(input_shape)
+    if not is_plain(specs):
+        raise InputError(f"{path}: an evaluation set (x, y) is for a network of one float input; this one "
+                         f"takes {describe(specs)}")
+    input_shape = specs[0].shape
     arrays = read_npz(path, ["x", "y", "dataset", "split"])
     for name in ("x", "y"):
         if name not in arrays:

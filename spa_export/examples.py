@@ -163,3 +163,33 @@ class TokenEncoder(nn.Module):
 def token_encoder(num_classes: int = 5) -> nn.Module:
     """A small ``nn.TransformerEncoder`` network for ``N,8,6`` token features (2 layers, width 32, 4 heads)."""
     return TokenEncoder(num_classes=num_classes)
+
+
+class TokenClassifier(nn.Module):
+    """Token ids ``[N, T]`` (int64) and a padding mask ``[N, T]`` (bool) -> class scores.
+
+    A language model's shape: an ``nn.Embedding`` of the ids, a learned
+    position table, an ``nn.TransformerEncoder`` that ignores padded tokens,
+    and mean pooling over the tokens that are not padding. The first token is
+    the class token and is never padding (so no sample is all padding).
+    """
+
+    def __init__(self, num_classes: int = 5, vocab: int = 50, tokens: int = 8, width: int = 32,
+                 heads: int = 4, hidden: int = 64, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.position = nn.Parameter(torch.zeros(1, tokens, width))
+        layer = nn.TransformerEncoderLayer(width, heads, hidden, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, ids: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        padding = torch.cat([torch.zeros_like(padding[:, :1]), padding[:, 1:]], 1)
+        x = self.encoder(self.embed(ids) + self.position, src_key_padding_mask=padding)
+        keep = (~padding).unsqueeze(-1).to(x.dtype)
+        return self.head((x * keep).sum(1) / keep.sum(1))
+
+
+def token_classifier(num_classes: int = 5) -> nn.Module:
+    """Token ids ``N,8`` in [0, 50) and a padding mask ``N,8`` -> scores (2 encoder layers, width 32, 4 heads)."""
+    return TokenClassifier(num_classes=num_classes)

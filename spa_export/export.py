@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from spa_export.errors import BuildError
+from spa_export.inputs import as_inputs
 
 DEFAULT_OPSET = 17
-INPUT_NAME = "input"
 
 
 @dataclass
@@ -38,25 +38,35 @@ class ExportReport:
         return self.__dict__.copy()
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *, opset: int = DEFAULT_OPSET,
+def export_onnx(model: nn.Module, inputs: object, path: Path, *, opset: int = DEFAULT_OPSET,
                 exporter: str = "torchscript", simplify: bool = True) -> ExportReport:
-    """Export ``model`` to ``path`` (dynamic batch) and simplify it."""
+    """Export ``model`` to ``path`` (dynamic batch) and simplify it.
+
+    ``inputs``: a shape (one float input named ``input``) or InputSpecs; the
+    file's inputs carry their names, each with a dynamic batch axis.
+    """
     import onnx
 
-    example = torch.zeros(input_shape)
+    specs = as_inputs(inputs)
+    example = tuple(torch.from_numpy(s.example(s.shape[0])) for s in specs)
+    names = [s.name for s in specs]
     with torch.no_grad():
-        sample = model(example)
+        sample = model(*example)
     outputs = [sample] if isinstance(sample, torch.Tensor) else list(sample)
     output_names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
+    clash = set(names) & set(output_names)
+    if clash:
+        raise BuildError(f"an input is named like an output of the exported file ({', '.join(sorted(clash))}): "
+                         "rename the input")
     try:
-        proto = _export(model, example, output_names, opset, exporter)
+        proto = _export(model, example, names, output_names, opset, exporter)
     except BuildError as first:
         if exporter != "torchscript":
             raise
         # Some operations (adaptive pooling to a size that is not a factor of its input) only the
         # dynamo exporter can express: fall back to it, and say so in the report.
         try:
-            proto = _export(model, example, output_names, opset, "dynamo")
+            proto = _export(model, example, names, output_names, opset, "dynamo")
         except BuildError:
             raise first from None
         exporter = "dynamo (torchscript failed)"
@@ -83,26 +93,28 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *, o
     return ExportReport(opset, exporter, simplified, nodes_before, len(proto.graph.node), len(data))
 
 
-def _export(model: nn.Module, example: torch.Tensor, output_names: list[str], opset: int, exporter: str):
+def _export(model: nn.Module, example: tuple[torch.Tensor, ...], input_names: list[str], output_names: list[str],
+            opset: int, exporter: str):
     import onnx
 
     buffer = io.BytesIO()
-    dynamic_axes = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
+    dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             if exporter == "torchscript":
-                torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=output_names,
+                torch.onnx.export(model, example, buffer, dynamo=False, opset_version=opset,
+                                  input_names=input_names, output_names=output_names,
                                   dynamic_axes=dynamic_axes, do_constant_folding=True)
                 return onnx.load_from_string(buffer.getvalue())
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch", min=1, max=1024)
                 # Its progress lines and version-converter complaints are not ours to print.
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                    program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
-                                                input_names=[INPUT_NAME], output_names=output_names,
-                                                dynamic_shapes=({0: batch},), external_data=False,
+                    program = torch.onnx.export(model, example, dynamo=True, opset_version=opset,
+                                                input_names=input_names, output_names=output_names,
+                                                dynamic_shapes=tuple({0: batch} for _ in example),
+                                                external_data=False,
                                                 verbose=False)
                 return program.model_proto
         except Exception as err:

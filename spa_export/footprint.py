@@ -26,8 +26,11 @@ from torch import nn
 
 from spa_export.arch import build_on_meta, resize_for_overrides
 from spa_export.errors import SpaCompatibilityError, shown
+from spa_export.inputs import as_inputs
 from spa_export.memory import Footprint
 from spa_export.metrics import counting_macs
+
+_TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
 
 
 def _bytes(value: object) -> int:
@@ -44,7 +47,7 @@ def _same_shape(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x)
 
 
-def _measure(model: nn.Module, input_shape: tuple[int, ...]) -> Footprint:
+def _measure(model: nn.Module, inputs: object) -> Footprint:
     """Run one sample on the meta device; every leaf module's input and output sizes make the footprint.
 
     ``model`` is a throwaway meta network: its batch-norm layers (in eval mode, an output of
@@ -62,11 +65,12 @@ def _measure(model: nn.Module, input_shape: tuple[int, ...]) -> Footprint:
             working[0] = max(working[0], _bytes(args) + _bytes(output))
             total[0] += _bytes(output)
 
+    inputs = as_inputs(inputs)
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
-        x = torch.empty((1, *input_shape[1:]), device="meta")
+        x = tuple(torch.empty((1, *s.shape[1:]), dtype=_TORCH_DTYPES[s.dtype], device="meta") for s in inputs)
         with torch.no_grad(), counting_macs(model) as macs:
-            out = model(x)
+            out = model(*x)
     finally:
         for h in handles:
             h.remove()
@@ -81,7 +85,7 @@ def _resizing(model: nn.Module, overrides: Mapping[str, torch.Tensor]) -> list[s
             if k.endswith(".weight") and k in params and t.dim() and t.shape[0] != params[k].shape[0]]
 
 
-def activation_footprint(spec: str, overrides: Mapping[str, torch.Tensor], input_shape: tuple[int, ...],
+def activation_footprint(spec: str, overrides: Mapping[str, torch.Tensor], input_shape: object,
                          *, spa_path: Path | None = None) -> Footprint | None:
     """The activation footprint of one sample; None where the meta device cannot tell.
 
@@ -91,6 +95,7 @@ def activation_footprint(spec: str, overrides: Mapping[str, torch.Tensor], input
     model = build_on_meta(spec)
     if model is None:
         return None
+    input_shape = as_inputs(input_shape)
     resized = _resizing(model, overrides)
     try:
         if not resized:

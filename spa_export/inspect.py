@@ -8,7 +8,8 @@ from spa_export.spa import read_spa
 
 
 def inspect_spa(path: Path, *, base: Path | None = None, arch: str | None = None,
-                input_shape: str | None = None) -> dict:
+                input_shape: object = None) -> dict:
+    """``input_shape``: a shape, InputSpecs, or what ``--input-shape`` gives (see spa_export.inputs)."""
     spa = read_spa(path)
     info: dict = {"path": str(path), "task": spa.task, "arch": spa.arch, "metadata": dict(spa.metadata),
                   "learned_params": spa.learned_parameter_count(), "overrides": sorted(spa.overrides),
@@ -18,7 +19,6 @@ def inspect_spa(path: Path, *, base: Path | None = None, arch: str | None = None
         from spa_export.load import load_inputs
         from spa_export.merge import merge
         from spa_export.metrics import count_params
-        from spa_export.pipeline import parse_input_shape
 
         loaded = load_inputs(base, path, arch)
         for name, mod in loaded.model.named_modules():
@@ -31,13 +31,17 @@ def inspect_spa(path: Path, *, base: Path | None = None, arch: str | None = None
         if input_shape:
             from spa_export.apply import apply_plan
             from spa_export.footprint import activation_footprint
+            from spa_export.inputs import as_inputs, as_option
             from spa_export.memory import check_fits
+            from spa_export.metrics import checked_macs
             from spa_export.plan import make_plan
 
-            shape = parse_input_shape(input_shape)
-            check_fits(activation_footprint(loaded.arch, spa.overrides, shape, spa_path=path), {},
-                       f"--input-shape {input_shape}", traced=shape[0])
-            info["pruned_params"] = count_params(apply_plan(merged, make_plan(merged, shape)))
+            specs = as_inputs(input_shape)
+            footprint = activation_footprint(loaded.arch, spa.overrides, specs, spa_path=path)
+            if footprint is None or footprint.macs is None:
+                checked_macs(merged, specs, loaded.arch)   # that the inputs fit, where the meta pass could not tell
+            check_fits(footprint, {}, as_option(specs), traced=specs[0].shape[0])
+            info["pruned_params"] = count_params(apply_plan(merged, make_plan(merged, specs)))
     for name, layer in sorted(spa.layers.items()):
         out, in_ = sizes.get(name, (None, None))
         if layer.out_mask is not None:

@@ -50,9 +50,24 @@ def counting_macs(model: nn.Module) -> Iterator[list[int]]:
             h.remove()
 
 
+def checked_macs(model: nn.Module, inputs: object, arch: str) -> int:
+    """:func:`count_macs`, or an InputError saying that the inputs do not fit the network ``arch``."""
+    from spa_export.errors import InputError
+    from spa_export.inputs import as_inputs, as_option
+
+    specs = as_inputs(inputs)
+    try:
+        return count_macs(model, specs)
+    except Exception as err:
+        raise InputError(f"{as_option(specs)} does not fit '{arch}': "
+                         f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+
+
 @torch.no_grad()
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """MACs of convolutions, linear layers and attention for one sample of ``input_shape``."""
+def count_macs(model: nn.Module, inputs: object) -> int:
+    """MACs of convolutions, linear layers and attention for one sample of ``inputs`` (a shape or InputSpecs)."""
+    from spa_export.inputs import as_inputs, example_tensors
+
     with counting_macs(model) as total:
-        model.eval()(torch.zeros((1, *input_shape[1:])))
+        model.eval()(*example_tensors(as_inputs(inputs)))
     return total[0]

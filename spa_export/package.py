@@ -29,6 +29,8 @@ from typing import Any
 
 from spa_export import __version__
 from spa_export.errors import InputError, shown
+from spa_export.inputs import as_inputs
+from spa_export.inputs import to_json as inputs_json
 from spa_export.ownership import check_out_dir, sha256_file
 from spa_export.pipeline import BuildOptions, run_task, stage_names, validate_options
 from spa_export.progress import StageProgress
@@ -150,7 +152,7 @@ def package_content(recipe: Recipe, settings: dict[str, Any], base_digest: str, 
         "libraries": library_versions(LIBRARIES),
         "recipe": {"path": recipe.path.name if recipe.path else None,
                    "sha256": sha256_file(recipe.path) if recipe.path else None,
-                   "base": _relative(recipe.base, recipe), "input_shape": list(recipe.input_shape),
+                   "base": _relative(recipe.base, recipe), **inputs_json(as_inputs(recipe.input_shape)),
                    "layout": recipe.layout, "tasks": [t.name for t in recipe.tasks], "settings": resolved},
         "base": {"digest": base_digest, "bytes": recipe.base.stat().st_size},
         "tasks": {name: tasks[name] for name in sorted(tasks)},

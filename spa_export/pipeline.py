@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from spa_export import __version__, validate
 from spa_export.errors import InputError, VerificationError, require_file
+from spa_export.inputs import InputSpec, as_inputs, as_option, is_plain, parse_input
+from spa_export.inputs import to_json as inputs_json
 from spa_export.memory import check_fits, peak_rss_mb, release, settle, young_heap
 from spa_export.ownership import check_out_dir
 from spa_export.progress import StageProgress
@@ -42,7 +44,8 @@ class BuildOptions:
     base: Path
     spa: Path
     out: Path
-    input_shape: tuple[int, ...]
+    #: a shape (one float input), or every input: InputSpecs (or what spa_export.inputs.as_inputs takes)
+    input_shape: tuple[int, ...] | tuple[InputSpec, ...]
     arch: str | None = None
     opset: int = 17
     bench: str = "none"
@@ -67,8 +70,11 @@ class BuildResult:
     report: dict = field(default_factory=dict)
 
 
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    """``"1,3,224,224"`` -> ``(1, 3, 224, 224)``; a clear error otherwise."""
+def parse_input_shape(text: str) -> tuple[int, ...] | InputSpec:
+    """One ``--input-shape`` value: ``"1,3,224,224"`` -> ``(1, 3, 224, 224)``, or
+    ``NAME:SHAPE[:DTYPE[:LOW:HIGH]]`` -> an :class:`~spa_export.inputs.InputSpec`; a clear error otherwise."""
+    if ":" in str(text):
+        return parse_input(str(text), "--input-shape")
     return validate.input_shape(text, "--input-shape")
 
 
@@ -76,7 +82,7 @@ def validate_options(opts: BuildOptions) -> BuildOptions:
     """Every option checked (named as on the command line); returns them in canonical types."""
     checked = replace(
         opts,
-        input_shape=validate.input_shape(opts.input_shape, "--input-shape"),
+        input_shape=as_inputs(opts.input_shape, "--input-shape"),
         bench=validate.choice(opts.bench, "--bench", BENCH_CHOICES),
         round_to=validate.round_to(opts.round_to, "--round-to"),
         opset=validate.opset(opts.opset, "--opset"),
@@ -144,18 +150,18 @@ def run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: Sta
 
 
 def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: StageProgress) -> dict:
-    shape = tuple(opts.input_shape)
+    specs = as_inputs(opts.input_shape)
     with progress.stage("load"):  # the heavy imports count as loading: stage times add up
         import torch
 
         from spa_export.apply import apply_plan
-        from spa_export.arrays import read_input
+        from spa_export.arrays import read_inputs
         from spa_export.blocks import block_report
         from spa_export.export import export_onnx
         from spa_export.footprint import activation_footprint
         from spa_export.load import load_task, read_base, reread_base
         from spa_export.merge import merge
-        from spa_export.metrics import count_macs, count_params
+        from spa_export.metrics import checked_macs, count_macs, count_params
         from spa_export.plan import make_plan
         from spa_export.reference import build_reference
         from spa_export.verify import expected_outputs, verify_against
@@ -164,29 +170,30 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         keep_base = base is not None
         base = base if base is not None else read_base(opts.base)
         loaded = load_task(base, opts.spa, opts.arch, ignore_base_digest=opts.ignore_base_digest)
-        user_inputs = [(f"input {p.name}", read_input(p, shape)) for p in opts.inputs]
+        user_inputs = [(f"input {p.name}", read_inputs(p, specs)) for p in opts.inputs]
         evaluation = None
         if opts.eval_data is not None:
             from spa_export.evaluate import read_eval
 
-            evaluation = read_eval(opts.eval_data, shape)
-        footprint = activation_footprint(loaded.arch, loaded.spa.overrides, shape, spa_path=loaded.spa_path)
+            evaluation = read_eval(opts.eval_data, specs)
+        footprint = activation_footprint(loaded.arch, loaded.spa.overrides, specs, spa_path=loaded.spa_path)
         # The meta pass counted the MACs and showed that the shape fits; where it could not run,
         # a real forward pass of the task's network does both (MACs depend on shapes alone).
         dense_macs = footprint.macs if footprint is not None and footprint.macs is not None \
-            else _check_runs(loaded.model, shape, loaded.arch)
+            else checked_macs(loaded.model, specs, loaded.arch)
         together = sum(opts.verify_batches)  # the reference runs the verification batches at once
         runs = {f"verification ({together} samples at once)": together}
-        runs.update({f"--input {p.name} ({len(x)} samples)": len(x)
-                     for p, (_, x) in zip(opts.inputs, user_inputs, strict=True)})
+        runs.update({f"--input {p.name} ({batch} samples)": batch
+                     for p, (_, x) in zip(opts.inputs, user_inputs, strict=True)
+                     for batch in [len(next(iter(x.values())))]})
         if opts.bench != "none":
             runs[f"--batch {max(opts.bench_batches)}"] = max(opts.bench_batches)
-        check_fits(footprint, runs, f"--input-shape {','.join(map(str, shape))}", traced=shape[0])
+        check_fits(footprint, runs, as_option(specs), traced=specs[0].shape[0])
     # What the task's masked network (the spec's meaning of base + SPA) computes, before any merging
     # or pruning code has run, while the base is in memory: verification compares the files with it.
     with progress.stage("reference"):
         reference = build_reference(loaded.arch, loaded.base_state, loaded.spa)
-        expected = expected_outputs(reference, shape, batches=opts.verify_batches, seed=opts.seed,
+        expected = expected_outputs(reference, specs, batches=opts.verify_batches, seed=opts.seed,
                                     inputs=user_inputs)
         predictions = None
         if evaluation is not None:
@@ -208,23 +215,23 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         from spa_export.plan.rounding import resolve as resolve_rounding
 
         rounding = resolve_rounding(opts.round_to, opts.bench)
-        plan = make_plan(merged, shape, round_to=rounding.multiple, round_small=rounding.round_small,
+        plan = make_plan(merged, specs, round_to=rounding.multiple, round_small=rounding.round_small,
                          seed=opts.seed)
         release()  # the traced graph refers to the network it traced
     with progress.stage("apply"):
         pruned = apply_plan(merged, plan)
-        pruned_counts = (count_params(pruned), count_macs(pruned, shape))
+        pruned_counts = (count_params(pruned), count_macs(pruned, specs))
         constants = sum(b.numel() for n, b in pruned.named_buffers() if n.endswith(".constant"))
     with progress.stage("export"):
         if opts.bench != "none":
-            export_onnx(merged, shape, staging / "dense.onnx", opset=opts.opset, exporter=opts.exporter)
+            export_onnx(merged, specs, staging / "dense.onnx", opset=opts.opset, exporter=opts.exporter)
         # PyTorch's GPU timing needs both networks; otherwise each goes as soon as it is exported
         from spa_export.runtime.bench import torch_cuda_timing
 
-        networks = {"dense": merged} if torch_cuda_timing(opts.bench) else None
+        networks = {"dense": merged} if torch_cuda_timing(opts.bench) and is_plain(specs) else None
         del merged
         release()
-        export = export_onnx(pruned, shape, staging / "model.onnx", opset=opts.opset, exporter=opts.exporter)
+        export = export_onnx(pruned, specs, staging / "model.onnx", opset=opts.opset, exporter=opts.exporter)
         if networks is not None:
             networks["pruned"] = pruned
         del pruned
@@ -247,7 +254,7 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "spa-export", "version": __version__},
         "task": loaded.spa.task,
-        "inputs": {**loaded.to_json(), "input_shape": list(shape), "opset": opts.opset,
+        "inputs": {**loaded.to_json(), **inputs_json(specs), "opset": opts.opset,
                    "user_inputs": [str(p) for p in opts.inputs]},
         "params": {"dense": dense_counts[0], "pruned": pruned_counts[0]},
         "constant_elements": constants,
@@ -276,7 +283,7 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
                                     device=opts.bench, batches=opts.bench_batches, threads=opts.threads,
                                     budget_s=opts.budget_s, seed=opts.seed,
                                     progress=None if opts.quiet else progress.note,
-                                    networks=networks, sample_shape=shape))
+                                    networks=networks, inputs=specs))
             networks = None
     with progress.stage("report"):
         report["versions"] = versions(torch.__version__)
@@ -286,17 +293,6 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
     report["stages"] = list(progress.times)
     (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     return report
-
-
-def _check_runs(model, shape: tuple[int, ...], arch: str) -> int:
-    """The network's MACs for one sample, from a forward pass that also shows the shape fits."""
-    from spa_export.metrics import count_macs
-
-    try:
-        return count_macs(model, shape)
-    except Exception as err:
-        raise InputError(f"--input-shape {','.join(map(str, shape))} does not fit '{arch}': "
-                         f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
 
 
 def _write_reports(report: dict, staging: Path) -> None:

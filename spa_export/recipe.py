@@ -4,7 +4,7 @@
 
     base: ../models/digits/base.safetensors     # paths are relative to the recipe
     arch: spa_export.examples:digits_cnn
-    input_shape: 1,1,8,8
+    input_shape: 1,1,8,8                        # or a list of inputs, see spa_export.inputs
     out: ../out/digits
     bench: cpu
     tasks:
@@ -34,6 +34,7 @@ from typing import Any
 
 from spa_export import validate
 from spa_export.errors import InputError, shown
+from spa_export.inputs import Inputs, as_inputs
 
 MAX_RECIPE_BYTES = 1 << 20
 MAX_VALUES = 100_000
@@ -58,7 +59,7 @@ class Recipe:
 
     path: Path | None
     base: Path
-    input_shape: tuple[int, ...]
+    input_shape: Inputs   # every input of the network (one float input where a shape was written)
     tasks: tuple[Task, ...]
     out: Path | None = None
     layout: str = "plain"
@@ -190,8 +191,8 @@ def _flag(value: Any, name: str, folder: Path) -> bool:
     return value
 
 
-def _shape(value: Any, name: str, folder: Path) -> tuple[int, ...]:
-    return validate.input_shape(value, name)
+def _shape(value: Any, name: str, folder: Path) -> Inputs:
+    return as_inputs(value, name)
 
 
 def _wrap(check: Callable[[Any, str], Any]) -> Convert:

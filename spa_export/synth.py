@@ -21,6 +21,8 @@ from torch import nn
 
 from spa_export.arch import build_model
 from spa_export.errors import InputError
+from spa_export.inputs import as_inputs, random_tensors
+from spa_export.metrics import checked_macs
 from spa_export.plan.decide import dependency_groups
 from spa_export.plan.trace import ChannelGraph, trace_channels
 from spa_export.spa import LayerSpa, SpaFile, make_spa, state_dict_digest
@@ -30,7 +32,7 @@ MASK_MODES = ("groups", "out-only", "random")
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def random_base(arch: str, input_shape: tuple[int, ...], *, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_base(arch: str, input_shape: object, *, seed: int = 0) -> dict[str, torch.Tensor]:
     """A base state dict with seeded random weights and realistic batch-norm statistics.
 
     Batch-norm statistics are measured on random inputs (so activations stay
@@ -46,9 +48,12 @@ def random_base(arch: str, input_shape: tuple[int, ...], *, seed: int = 0) -> di
         bn.reset_running_stats()
         bn.momentum = None
     model.train()
+    specs = as_inputs(input_shape)
+    checked_macs(model, specs, arch)   # a clear error where the inputs do not fit the network
+    model.train()
     with torch.no_grad():
         for _ in range(2):
-            model(torch.randn((4, *input_shape[1:]), generator=gen))
+            model(*random_tensors(specs, 4, gen))
         for bn in bns:
             bn.momentum = 0.1
             if bn.affine:
@@ -58,7 +63,7 @@ def random_base(arch: str, input_shape: tuple[int, ...], *, seed: int = 0) -> di
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def synth_spa(arch: str, input_shape: tuple[int, ...], *, prune: float = 0.5, rank: int = 8, seed: int = 0,
+def synth_spa(arch: str, input_shape: object, *, prune: float = 0.5, rank: int = 8, seed: int = 0,
               masks: str = "groups", base_state: dict[str, torch.Tensor] | None = None,
               num_classes: int | None = None, task: str | None = None) -> SpaFile:
     """An SPA for ``arch`` with SPLoRA adapters of rank ``rank`` and ``prune`` of the channels masked."""
@@ -69,7 +74,9 @@ def synth_spa(arch: str, input_shape: tuple[int, ...], *, prune: float = 0.5, ra
     if rank < 0:
         raise InputError(f"--rank must be >= 0, got {rank}")
     model = build_model(arch)
-    graph = trace_channels(model, tuple(input_shape), seed=seed)
+    specs = as_inputs(input_shape)
+    checked_macs(model, specs, arch)   # a clear error where the inputs do not fit the network
+    graph = trace_channels(model, specs, seed=seed)
     rng = np.random.default_rng(seed)
     modules = with_projections(dict(model.named_modules()))   # attention's q_proj, k_proj, v_proj too
     out_masks: dict[str, np.ndarray] = {}

@@ -145,8 +145,12 @@ def task_name(value: object, name: str) -> str:
     return value
 
 
-def input_shape(value: object, name: str) -> tuple[int, ...]:
-    """``"1,3,224,224"``, ``"1x3x224x224"`` or a list of integers -> ``(1, 3, 224, 224)``."""
+def input_shape(value: object, name: str, *, min_dims: int = 2) -> tuple[int, ...]:
+    """``"1,3,224,224"``, ``"1x3x224x224"`` or a list of integers -> ``(1, 3, 224, 224)``.
+
+    ``min_dims``: 2 for an image or token input (a batch and channels); 1 for an
+    input such as a per-sample length (only the batch axis).
+    """
     if isinstance(value, (list, tuple)):
         parts = list(value)
     elif isinstance(value, str):
@@ -158,7 +162,8 @@ def input_shape(value: object, name: str) -> tuple[int, ...]:
     except InputError:
         raise InputError(f"{name} '{shown(value, 60)}': expected comma-separated integers such as "
                          "1,3,224,224") from None
-    if len(dims) < 2 or any(d < 1 for d in dims) or any(d > 65536 for d in dims):
-        raise InputError(f"{name} '{shown(value, 60)}': expected N,C[,H[,W]] with positive sizes "
+    if len(dims) < min_dims or any(d < 1 for d in dims) or any(d > 65536 for d in dims):
+        expected = "N,C[,H[,W]]" if min_dims == 2 else "N[,...]"
+        raise InputError(f"{name} '{shown(value, 60)}': expected {expected} with positive sizes "
                          "of at most 65536")
     return dims

@@ -5,7 +5,9 @@ The reference is the spec's masked network built straight from base and SPA
 output element must satisfy ``|got - expected| <= atol + rtol * |expected|``
 with ``atol = atol_scale * max|expected|`` (the output's scale) for each
 case: seeded random inputs at batch 1 and a larger batch, and the user's own
-``.npy`` inputs. All cases run; the report keeps each case's worst element.
+``.npy``/``.npz`` inputs. All cases run; the report keeps each case's worst element. A network
+with several inputs (or integer ones: token ids) gets each input's seeded random values in
+its own range (:mod:`spa_export.inputs`).
 
 The reference's outputs (:func:`expected_outputs`) are computed once, and can
 be computed early: a build runs the reference before anything is merged or
@@ -26,7 +28,11 @@ from torch import nn
 
 from spa_export.errors import InputError, VerificationError
 from spa_export.finite import all_finite
+from spa_export.inputs import as_inputs, random_arrays
 from spa_export.memory import release
+
+#: a user's verification case: one array (a network of one input) or arrays by input name
+Case = np.ndarray | dict[str, np.ndarray]
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL_SCALE = 1e-4
@@ -56,34 +62,38 @@ class VerifyReport:
 class Expected:
     """What the reference computes for every verification case, computed once.
 
-    ``cases``: each case's name and float32 input; ``outputs``: the reference's
-    float32 outputs for it, one array per network output.
+    ``cases``: each case's name and its input arrays by input name, in the
+    network's order; ``outputs``: the reference's float32 outputs for it, one
+    array per network output.
     """
 
-    cases: list[tuple[str, np.ndarray]]
+    cases: list[tuple[str, dict[str, np.ndarray]]]
     outputs: list[list[np.ndarray]]
 
 
-def expected_outputs(reference: nn.Module, input_shape: tuple[int, ...], *, batches: tuple[int, ...] = (1, 4),
-                     seed: int = 0, inputs: list[tuple[str, np.ndarray]] | None = None) -> Expected:
+def expected_outputs(reference: nn.Module, input_shape: object, *, batches: tuple[int, ...] = (1, 4),
+                     seed: int = 0, inputs: list[tuple[str, Case]] | None = None) -> Expected:
     """Run ``reference`` on every case: seeded random inputs at ``batches``, then the user's ``inputs``.
 
     The random batches go through the reference in one forward pass (each
     sample's output is its own in eval mode, and the per-layer ``W'`` are
-    computed once); ONNX Runtime later runs each batch apart.
+    computed once); ONNX Runtime later runs each batch apart. ``input_shape``:
+    a shape (one float input) or InputSpecs; a user's case is one array (one
+    input) or arrays by input name.
     """
+    specs = as_inputs(input_shape)
     rng = np.random.default_rng(seed)
-    cases = [(f"random batch {b}", rng.standard_normal((b, *input_shape[1:])).astype(np.float32))
-             for b in batches]
+    cases = [(f"random batch {b}", random_arrays(specs, rng, b)) for b in batches]
     outputs = _run_together(reference, [x for _, x in cases])
     for name, x in inputs or []:
-        cases.append((name, x))
-        outputs.append(_run(reference, torch.from_numpy(x), name))
+        arrays = x if isinstance(x, dict) else {specs[0].name: x}
+        cases.append((name, arrays))
+        outputs.append(_run(reference, _tensors(arrays), name))
     return Expected(cases, outputs)
 
 
-def verify(reference: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], *,
-           batches: tuple[int, ...] = (1, 4), seed: int = 0, inputs: list[tuple[str, np.ndarray]] | None = None,
+def verify(reference: nn.Module, onnx_path: Path, input_shape: object, *,
+           batches: tuple[int, ...] = (1, 4), seed: int = 0, inputs: list[tuple[str, Case]] | None = None,
            rtol: float = DEFAULT_RTOL, atol_scale: float = DEFAULT_ATOL_SCALE) -> VerifyReport:
     """:func:`expected_outputs` of ``reference``, then :func:`verify_against` them (float64: a copy of it)."""
     expected = expected_outputs(reference, input_shape, batches=batches, seed=seed, inputs=inputs)
@@ -109,14 +119,14 @@ def verify_against(expected: Expected, onnx_path: Path, *, rtol: float = DEFAULT
     worst_ratio = -1.0
     network64: nn.Module | None = None
     with OnnxRuntimeRunner(onnx_path, threads=None, memory_arena=False) as runner:
-        input_name = next(iter(runner.input_metadata()))
+        names = list(runner.input_metadata())
         for (name, x), want in zip(expected.cases, expected.outputs, strict=True):
-            got = list(runner.infer({input_name: x}).values())
+            got = list(runner.infer(_feed(names, x, onnx_path)).values())
             compared = _compare_outputs(name, want, got, rtol, atol_scale, "float32")
             if not all(c["passed"] for c in compared) and reference64 is not None:
                 if network64 is None:  # (not `or`: an empty nn.Sequential is falsy)
                     network64 = reference64()
-                again = _compare_outputs(name, _run(network64, torch.from_numpy(x).double(), name), got,
+                again = _compare_outputs(name, _run(network64, _tensors(x, double=True), name), got,
                                          rtol, atol_scale, "float64")
                 if all(c["passed"] for c in again):
                     compared = again
@@ -129,20 +139,35 @@ def verify_against(expected: Expected, onnx_path: Path, *, rtol: float = DEFAULT
     return report
 
 
-def _run_together(reference: nn.Module, batches: list[np.ndarray]) -> list[list[np.ndarray]]:
+def _feed(names: list[str], case: dict[str, np.ndarray], onnx_path: Path) -> dict[str, np.ndarray]:
+    """The case's arrays by the file's input names (the order of the network's inputs where the names differ)."""
+    if set(names) == set(case):
+        return {k: case[k] for k in names}
+    if len(names) == len(case):
+        return dict(zip(names, case.values(), strict=True))
+    raise VerificationError(f"{onnx_path.name} takes inputs {names}, the network {list(case)}")
+
+
+def _tensors(arrays: dict[str, np.ndarray], *, double: bool = False) -> tuple[torch.Tensor, ...]:
+    out = tuple(torch.from_numpy(a) for a in arrays.values())
+    return tuple(t.double() if double and t.is_floating_point() else t for t in out)
+
+
+def _run_together(reference: nn.Module, batches: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """The reference's outputs for each of ``batches``, from one forward pass over all of them."""
     if not batches:
         return []
-    sizes = [len(x) for x in batches]
+    sizes = [len(next(iter(x.values()))) for x in batches]
     name = "random batch " + " and ".join(map(str, sizes))
-    outputs = _run(reference, torch.from_numpy(np.concatenate(batches)), name)
+    joined = {k: np.concatenate([x[k] for x in batches]) for k in batches[0]}
+    outputs = _run(reference, _tensors(joined), name)
     ends = np.cumsum(sizes)
     return [[o[end - size:end] for o in outputs] for size, end in zip(sizes, ends, strict=True)]
 
 
-def _run(reference: nn.Module, x: torch.Tensor, case: str) -> list[np.ndarray]:
+def _run(reference: nn.Module, x: tuple[torch.Tensor, ...], case: str) -> list[np.ndarray]:
     with torch.no_grad():
-        out = reference(x)
+        out = reference(*x)
     out = [out] if isinstance(out, torch.Tensor) else list(out)
     release()  # the forward's activations and per-layer weights, before ONNX Runtime's
     if not all(all_finite(o) for o in out):

@@ -119,7 +119,7 @@ def test_the_random_batches_go_through_the_reference_in_one_pass(tmp_path):
     assert [o[0].shape[0] for o in expected.outputs] == [1, 4, 2]
     with torch.no_grad():                                   # each sample's output is its own
         for (_, x), outputs in zip(expected.cases, expected.outputs, strict=True):
-            alone = net(torch.from_numpy(x)).numpy()
+            alone = net(torch.from_numpy(x["input"])).numpy()   # cases hold arrays by input name
             assert np.allclose(outputs[0], alone, rtol=1e-5, atol=1e-6)
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, OUTPUT
+from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, INPUT_SHAPE_HELP, OUTPUT
 
 if TYPE_CHECKING:
     from spa_export.package import PackageResult
@@ -27,7 +27,7 @@ _SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "thre
 @click.option("--base", type=INPUT, help="Base checkpoint (.safetensors, .pt, .pth).")
 @click.option("--spa", "spa", type=INPUT, help="The task's SPA file (without a recipe).")
 @click.option("--arch", help=ARCH_HELP)
-@click.option("--input-shape", type=INPUT_SHAPE, help="Export shape N,C,H,W; the batch axis stays dynamic.")
+@click.option("--input-shape", type=INPUT_SHAPE, multiple=True, help=INPUT_SHAPE_HELP)
 @click.option("--out", type=OUTPUT,
               help="Output folder: created, or replaced when it is empty or a previous spa-export output "
                    "(never anything else); published whole or not at all.")
@@ -52,7 +52,8 @@ _SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "thre
                    "multiple the target favours (16 on x86 CPUs with AVX-512, 8 with AVX2 and on GPUs, "
                    "1 elsewhere), recorded in the report.")
 @click.option("--input", "inputs", type=INPUT, multiple=True,
-              help="A .npy input to verify on, besides seeded random ones (repeatable).")
+              help="A .npy input to verify on, besides seeded random ones (repeatable); for a network of "
+                   "several inputs an .npz with one array per input name.")
 @click.option("--rtol", type=float, default=None,
               help="Verification relative tolerance, 0 (exact) to 1 [default: 1e-4].")
 @click.option("--atol", type=float, default=None,
@@ -123,7 +124,7 @@ def _build_one(eval_data: Path | None, given: dict[str, Any]) -> BuildResult:
     from spa_export.pipeline import build as run_build
 
     for key in ("base", "spa", "out", "input_shape"):
-        if given.get(key) is None:
+        if given.get(key) is None or given.get(key) == ():
             raise InputError(f"missing --{key.replace('_', '-')} (or give a recipe; see spa-export build --help)")
     opts = BuildOptions(base=given["base"], spa=given["spa"], out=given["out"],
                         input_shape=given["input_shape"], eval_data=eval_data, quiet=bool(given.get("quiet")),
@@ -148,8 +149,10 @@ def _build_recipe(path: Path, tasks: tuple[str, ...], shard: str | None, jobs: i
     changes: dict[str, Any] = {}
     if given.get("base") is not None:
         changes["base"] = given["base"]
-    if given.get("input_shape") is not None:
-        changes["input_shape"] = given["input_shape"]
+    if given.get("input_shape"):
+        from spa_export.inputs import as_inputs
+
+        changes["input_shape"] = as_inputs(given["input_shape"])
     if layout is not None:
         changes["layout"] = layout
     r = replace(r, **changes)

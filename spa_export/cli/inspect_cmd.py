@@ -7,16 +7,17 @@ from pathlib import Path
 
 import click
 
-from spa_export.cli.options import ARCH_HELP, INPUT
+from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, INPUT_SHAPE_HELP
 
 
 @click.command("inspect")
 @click.argument("spa_file", type=INPUT)
 @click.option("--base", type=INPUT, help="Base checkpoint, for pruned parameter counts.")
 @click.option("--arch", help=ARCH_HELP)
-@click.option("--input-shape", default=None, help="With --base: trace shape for the pruned network.")
+@click.option("--input-shape", type=INPUT_SHAPE, multiple=True,
+              help="With --base: what the pruned network is traced at. " + INPUT_SHAPE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def inspect_(spa_file: Path, base: Path | None, arch: str | None, input_shape: str | None,
+def inspect_(spa_file: Path, base: Path | None, arch: str | None, input_shape: tuple,
              as_json: bool) -> None:
     """Task, adapted layers, rank, kept channels and learned parameters of SPA_FILE."""
     from spa_export.errors import shown

@@ -8,12 +8,12 @@ import click
 
 
 class InputShape(click.ParamType):
-    """``N,C,H,W`` (any rank >= 2), parsed with a clear message."""
+    """``N,C,H,W`` (any rank >= 2) or ``NAME:SHAPE[:DTYPE[:LOW:HIGH]]``, parsed with a clear message."""
 
-    name = "N,C,H,W"
+    name = "SHAPE"
 
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple:
-        if isinstance(value, tuple):
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        if not isinstance(value, str):
             return value
         from spa_export.pipeline import parse_input_shape
 
@@ -22,6 +22,11 @@ class InputShape(click.ParamType):
 
 
 INPUT_SHAPE = InputShape()
+INPUT_SHAPE_HELP = ("Input shape N,C,H,W; the batch axis stays dynamic. A network of several inputs, or of "
+                    "integer or bool ones, takes it once per input in forward's order, as "
+                    "NAME:SHAPE[:DTYPE[:LOW:HIGH]]: DTYPE float32 (default), int64, int32 or bool; integer "
+                    "inputs give the range [LOW, HIGH) of their values (token ids: 0 and the vocabulary "
+                    "size), e.g. --input-shape ids:1,16:int64:0:1000 --input-shape mask:1,16:bool.")
 
 ARCH_HELP = ("Architecture: 'torchvision:NAME' (e.g. torchvision:resnet50) or 'package.module:callable', "
              "a factory returning an nn.Module. The latter IMPORTS AND RUNS that module: name only code "

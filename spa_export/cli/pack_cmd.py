@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, OUTPUT
+from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, INPUT_SHAPE_HELP, OUTPUT
 
 
 @click.command("pack")
@@ -20,13 +20,13 @@ from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, OUTPUT
               help="Masks: a safetensors file of '<layer>.out_mask' / '<layer>.in_mask' (bool or 0/1). "
                    "Masks kept in the network itself (output_mask, prune weight_mask, zeroed rows) are "
                    "found without it.")
-@click.option("--input-shape", type=INPUT_SHAPE, required=True,
-              help="N,C,H,W to check the SPA against the adapted network at.")
+@click.option("--input-shape", type=INPUT_SHAPE, required=True, multiple=True,
+              help="What the SPA is checked against the adapted network at. " + INPUT_SHAPE_HELP)
 @click.option("--task", help="Task name stored in the file (spa.task).")
 @click.option("-o", "--output", type=OUTPUT, required=True, help="The SPA file to write.")
 @click.option("--json", "json_out", type=OUTPUT, default=None, help="Also write the pack report as JSON here.")
 @click.option("--force", is_flag=True, help="Replace existing output files (never an input).")
-def pack(arch: str, base: Path, adapted: Path, masks: Path | None, input_shape: tuple[int, ...], task: str | None,
+def pack(arch: str, base: Path, adapted: Path, masks: Path | None, input_shape: tuple, task: str | None,
          output: Path, json_out: Path | None, force: bool) -> None:
     """Write the task's SPA file: adapters for kept channels, masks, and only the overrides that
     really differ from the base; then check it against the adapted network's forward pass."""

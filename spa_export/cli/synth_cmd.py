@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, OUTPUT
+from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, INPUT_SHAPE_HELP, OUTPUT
 
 
 @click.command("synth")
 @click.option("--arch", required=True, help=ARCH_HELP)
-@click.option("--input-shape", type=INPUT_SHAPE, required=True, help="Shape N,C,H,W the network is traced at.")
+@click.option("--input-shape", type=INPUT_SHAPE, required=True, multiple=True, help=INPUT_SHAPE_HELP)
 @click.option("--prune", type=float, default=0.5, show_default=True, help="Fraction of channels masked.")
 @click.option("--rank", type=int, default=8, show_default=True, help="SPLoRA rank of the random adapters.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -127,14 +127,15 @@ def _reason(key: str, value: torch.Tensor, base: torch.Tensor, mod: nn.Module | 
 
 def pack_model(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None, *,
                masks: Mapping[str, MaskPair] | None = None, task: str | None = None, arch: str | None = None,
-               input_shape: tuple[int, ...] | None = None, description: str | None = None,
+               input_shape: object = None, description: str | None = None,
                seed: int = 0) -> PackResult:
     """The SPA file of the adapted network ``model`` over ``base_state``, and the report of it.
 
     ``base_state`` is the original network's state dict (None: the network's
     own non-adapter state is the base). ``masks`` maps layer names to
     ``(out_mask, in_mask)``; more are found in the network itself. With
-    ``arch`` and ``input_shape`` the file is checked against the network.
+    ``arch`` and ``input_shape`` (a shape, or InputSpecs: see :mod:`spa_export.inputs`) the file is
+    checked against the network.
     ``model`` is not changed.
     """
     adapted = adapted_layers(model)
@@ -249,7 +250,7 @@ def _masked_forward(model: nn.Module, found: Mapping[str, LayerMasks], x: torch.
                     lambda _m, args, m=m, axis=axis: (args[0] * _shape(m, args[0], axis), *args[1:])))
     try:
         with torch.no_grad():
-            out = model(x)
+            out = model(*x)
     finally:
         for h in handles:
             h.remove()
@@ -270,7 +271,7 @@ def _error(got: torch.Tensor, want: torch.Tensor) -> tuple[float, bool]:
 
 
 def check(model: nn.Module, spa: SpaFile, base: Mapping[str, torch.Tensor], arch: str,
-          input_shape: tuple[int, ...], found: Mapping[str, LayerMasks], *, seed: int = 0) -> dict:
+          input_shape: object, found: Mapping[str, LayerMasks], *, seed: int = 0) -> dict:
     """The SPA's masked network against the adapted network, with its masks applied and as it is.
 
     Raises :class:`InputError` when the first comparison fails: the file
@@ -279,17 +280,20 @@ def check(model: nn.Module, spa: SpaFile, base: Mapping[str, torch.Tensor], arch
     from spa_export.reference import build_reference
 
     net = copy.deepcopy(model).eval()   # the caller's network is left as it was
-    x = torch.randn((2, *input_shape[1:]), generator=torch.Generator().manual_seed(seed))
+    from spa_export.inputs import as_inputs, describe, random_tensors
+
+    specs = as_inputs(input_shape)
+    x = random_tensors(specs, 2, torch.Generator().manual_seed(seed))
     reference = build_reference(arch, dict(base), spa)
     with torch.no_grad():
-        got = reference(x)
+        got = reference(*x)
     got = got if isinstance(got, torch.Tensor) else got[0]
     own_err, own_ok = _error(got, _masked_forward(net, found, x, apply=False))
     masked_err, masked_ok = _error(got, _masked_forward(net, found, x, apply=True))   # masks the copy
     if not masked_ok:
         raise InputError(f"the packed SPA does not compute what the adapted network computes with its masks "
                          f"(worst error {masked_err:.3g} of the output's scale); please report it")
-    result = {"inputs": f"2 seeded random samples of {list(input_shape[1:])}", "rtol": RTOL, "atol_scale": ATOL,
+    result = {"inputs": f"2 seeded random samples of {describe(specs)}", "rtol": RTOL, "atol_scale": ATOL,
               "vs_masked_network": {"max_err_over_scale": masked_err, "passed": masked_ok},
               "vs_own_forward": {"max_err_over_scale": own_err, "passed": own_ok}}
     if not own_ok:
@@ -315,7 +319,7 @@ def _leaks(model: nn.Module, found: Mapping[str, LayerMasks]) -> list[str]:
 
 
 def pack_checkpoint(arch: str, base: Path, adapted: Path, *, masks: Path | None = None, task: str | None = None,
-                    input_shape: tuple[int, ...], seed: int = 0) -> PackResult:
+                    input_shape: object, seed: int = 0) -> PackResult:
     """:func:`pack_model` of a saved adapted state dict (``spa-export pack``)."""
     from spa_export.checkpoint import load_state_dict_file
     from spa_export.pack.rebuild import rebuild_adapted

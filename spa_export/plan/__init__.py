@@ -5,6 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from spa_export.errors import ArchitectureError
+from spa_export.inputs import as_inputs
+from spa_export.inputs import to_json as inputs_json
 from spa_export.plan.decide import decide
 from spa_export.plan.model import ConstantFold, GroupReport, ModulePlan, PrunePlan
 from spa_export.plan.trace import ChannelGraph, trace_channels
@@ -13,17 +15,20 @@ __all__ = ["ChannelGraph", "ConstantFold", "GroupReport", "ModulePlan", "PrunePl
            "trace_channels"]
 
 
-def make_plan(model: nn.Module, input_shape: tuple[int, ...] | list[int], *, round_to: int = 1,
+def make_plan(model: nn.Module, inputs: object, *, round_to: int = 1,
               round_small: bool = True, seed: int = 0) -> PrunePlan:
     """Trace ``model`` (the merged, masked network; not modified) and plan its channel removal.
+
+    ``inputs``: a shape (one float input) or :class:`~spa_export.inputs.InputSpec` s.
 
     A network that torch.fx cannot trace keeps every channel (still exact, only not smaller);
     the plan says why.
     """
+    specs = as_inputs(inputs)
     try:
-        graph = trace_channels(model, tuple(input_shape), seed=seed)
+        graph = trace_channels(model, specs, seed=seed)
     except ArchitectureError as err:
-        plan = PrunePlan(input_shape=list(input_shape), round_to=round_to)
+        plan = PrunePlan(inputs=inputs_json(specs), round_to=round_to)
         plan.untraced = str(err)
         return plan
-    return decide(graph, list(input_shape), round_to=round_to, round_small=round_small)
+    return decide(graph, inputs_json(specs), round_to=round_to, round_small=round_small)

@@ -32,7 +32,7 @@ from spa_export.threads import one_thread
 UNIFORM_RTOL = 1e-6
 
 
-def decide(graph: ChannelGraph, input_shape: list[int], *, round_to: int = 1,
+def decide(graph: ChannelGraph, inputs: dict, *, round_to: int = 1,
            round_small: bool = True) -> PrunePlan:
     """The channels to remove. ``round_to``: every group keeps a multiple of it; with
     ``round_small`` False, groups that keep fewer than ``round_to`` channels are left as the
@@ -66,7 +66,7 @@ def decide(graph: ChannelGraph, input_shape: list[int], *, round_to: int = 1,
     groups = dependency_groups(graph, root, present)
     _constrain(graph, root, removed, reason, groups, round_to, round_small)
 
-    plan = PrunePlan(input_shape=list(input_shape), round_to=round_to)
+    plan = PrunePlan(inputs=dict(inputs), round_to=round_to)
     _module_plans(graph, root, removed, plan)
     _folds(graph, root, removed, plan)
     plan.groups = _reports(graph, root, removed, constant, candidate, reason, groups)

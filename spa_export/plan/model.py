@@ -87,7 +87,8 @@ STREAM_REASON = "the residual stream"
 
 @dataclass
 class PrunePlan:
-    input_shape: list[int]
+    #: what the network was traced with: ``{"input_shape": [...]}`` or ``{"inputs": [...]}`` (inputs.to_json)
+    inputs: dict
     modules: dict[str, ModulePlan] = field(default_factory=dict)
     folds: dict[str, ConstantFold] = field(default_factory=dict)
     groups: list[GroupReport] = field(default_factory=list)
@@ -123,7 +124,7 @@ class PrunePlan:
 
     def to_json(self) -> dict:
         return {
-            "input_shape": self.input_shape,
+            **self.inputs,
             "round_to": self.round_to,
             "untraced": self.untraced,
             "modules": {k: v.to_json() for k, v in sorted(self.modules.items())},

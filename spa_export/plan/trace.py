@@ -32,6 +32,7 @@ import torch.fx as fx
 from torch import nn
 
 from spa_export.errors import ArchitectureError
+from spa_export.inputs import as_inputs, random_tensors
 from spa_export.plan import ops
 from spa_export.plan.model import STREAM_REASON
 from spa_export.plan.unionfind import UnionFind
@@ -111,20 +112,24 @@ class ChannelGraph:
         return ids
 
 
-def trace_channels(model: nn.Module, input_shape: tuple[int, ...], *, seed: int = 0) -> ChannelGraph:
-    """Trace ``model`` (not modified, not copied) on a probe of ``input_shape`` (batch axis replaced by 2)."""
+def trace_channels(model: nn.Module, inputs: object, *, seed: int = 0) -> ChannelGraph:
+    """Trace ``model`` (not modified, not copied) on a probe of two samples of ``inputs``.
+
+    ``inputs``: a shape (one float input) or :class:`~spa_export.inputs.InputSpec` s, in the
+    order of ``forward``'s arguments.
+    """
+    specs = as_inputs(inputs)
     try:
         gm = fx.GraphModule(model, _Tracer().trace(model))  # shares the model's modules, changes none
     except Exception as err:
         raise ArchitectureError(
             f"the network cannot be traced with torch.fx ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
         ) from err
-    gen = torch.Generator().manual_seed(seed)
-    probe = torch.randn((2, *input_shape[1:]), generator=gen)
+    probe = random_tensors(specs, 2, torch.Generator().manual_seed(seed))
     graph = ChannelGraph(modules=dict(gm.named_modules()))
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     with torch.no_grad():
-        _Interpreter(gm, graph, calls).run(probe)
+        _Interpreter(gm, graph, calls).run(*probe)
     return graph
 
 

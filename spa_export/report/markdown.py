@@ -77,6 +77,10 @@ def _summary(report: Mapping[str, Any]) -> list[str]:
         rows.append(("Architecture", str(inputs["arch"])))
     if inputs.get("input_shape"):
         rows.append(("Input shape", "×".join(str(d) for d in inputs["input_shape"])))
+    for spec in inputs.get("inputs") or []:
+        value_range = f" in [{spec['range'][0]}, {spec['range'][1]})" if spec.get("range") else ""
+        rows.append((f"Input {spec['name']}", "×".join(str(d) for d in spec["shape"]) + f" {spec['dtype']}"
+                     + value_range))
     if inputs.get("opset"):
         rows.append(("ONNX opset", str(inputs["opset"])))
     for key, label in (("base", "Base"), ("spa", "SPA file")):

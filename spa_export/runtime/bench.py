@@ -32,8 +32,10 @@ GPU_TOLERANCE = {"fp32": (1e-3, 1e-3), "fp16": (2e-2, 2e-2)}
 Progress = Callable[[str], None]
 
 
-def random_feed(metadata: InputMetadata, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random inputs of the given batch size (axis 0), float ones standard normal."""
+def random_feed(metadata: InputMetadata, batch: int, rng: np.random.Generator,
+                ranges: Mapping[str, tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
+    """Random inputs of the given batch size (axis 0): floats standard normal, bools fair, integers
+    uniform in ``ranges[name]`` (``[low, high)``: token ids within the vocabulary), else in [0, 10)."""
     feed: dict[str, np.ndarray] = {}
     for name, (dtype, shape) in metadata.items():
         if not shape:
@@ -51,7 +53,8 @@ def random_feed(metadata: InputMetadata, batch: int, rng: np.random.Generator) -
         elif np.issubdtype(dtype, np.bool_):
             feed[name] = rng.random(full) < 0.5
         else:
-            feed[name] = rng.integers(0, 10, size=full).astype(dtype)
+            low, high = (ranges or {}).get(name, (0, 10))
+            feed[name] = rng.integers(low, high, size=full).astype(dtype)
     return feed
 
 
@@ -110,6 +113,7 @@ def speedups(latency: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def _time_group(
     runners: Mapping[str, Runner], batches: Sequence[int], rng_seed: int,
     config: TimingConfig, progress: Progress | None, prefix: str,
+    ranges: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[int, Feed]]:
     """Activate, build feeds, time; return the entries and the feeds used."""
     with contextlib.ExitStack() as stack:
@@ -119,7 +123,7 @@ def _time_group(
         _same_inputs(metas)
         first = next(iter(metas.values()))
         rng = np.random.default_rng(rng_seed)
-        feeds = {b: random_feed(first, b, rng) for b in batches}
+        feeds = {b: random_feed(first, b, rng, ranges) for b in batches}
         say = (lambda msg: progress(f"{prefix}: {msg}")) if progress is not None else None
         results = compare(runners, feeds, config=config, progress=say)
         entries = [_entry(label, runners[label], stats)
@@ -177,6 +181,7 @@ def _gpu_part(
     opt_level: str, config: TimingConfig, engine_dir: Path | None, timing_cache: Path | None,
     seed: int, progress: Progress | None, result: dict[str, Any],
     networks: Mapping[str, Any] | None, sample_shape: tuple[int, ...] | None,
+    ranges: Mapping[str, tuple[int, int]] | None = None,
 ) -> str | None:
     """Time on the GPU what can be timed here; return why nothing could, else None.
 
@@ -196,7 +201,7 @@ def _gpu_part(
                    for k, p in models.items()}
         try:
             entries, _ = _time_group(runners, batches, seed, config, progress,
-                                     "gpu onnxruntime-cuda")
+                                     "gpu onnxruntime-cuda", ranges)
             result["latency"].extend(entries)
             ran = True
         except InputError as err:
@@ -206,7 +211,8 @@ def _gpu_part(
         for precision in _precisions(fp16):
             runners = {k: TorchCudaRunner(networks[k], sample_shape, precision=precision, name=k)
                        for k in models}
-            entries, feeds = _time_group(runners, batches, seed, config, progress, f"gpu torch-cuda {precision}")
+            entries, feeds = _time_group(runners, batches, seed, config, progress, f"gpu torch-cuda {precision}",
+                                         ranges)
             result["latency"].extend(entries)
             checks = {k: TorchCudaRunner(networks[k], sample_shape, precision=precision, name=k)
                       for k in models}
@@ -218,7 +224,7 @@ def _gpu_part(
         notes.append(f"{trt_reason}; {reason}" if reason else trt_reason)
     elif are_engines:
         runners = {k: TensorRTRunner(p, name=k) for k, p in models.items()}
-        entries, _ = _time_group(runners, batches, seed, config, progress, "gpu tensorrt")
+        entries, _ = _time_group(runners, batches, seed, config, progress, "gpu tensorrt", ranges)
         result["latency"].extend(entries)
         ran = True
     else:
@@ -234,7 +240,7 @@ def _gpu_part(
                            for k, p in models.items()}
                 runners = {k: TensorRTRunner(e, name=k) for k, e in engines.items()}
                 entries, feeds = _time_group(runners, batches, seed, config, progress,
-                                             f"gpu tensorrt {precision}")
+                                             f"gpu tensorrt {precision}", ranges)
                 result["latency"].extend(entries)
                 checks = {k: TensorRTRunner(e, name=k) for k, e in engines.items()}
                 result["gpu_numerics"].extend(_numerics(models, checks, feeds, precision, threads))
@@ -261,17 +267,30 @@ def benchmark(
     progress: Progress | None = None,
     networks: Mapping[str, Any] | None = None,
     sample_shape: tuple[int, ...] | None = None,
+    inputs: Any = None,
 ) -> dict[str, Any]:
     """Time ``models`` (label -> .onnx, or .engine for the GPU) at every batch size.
 
     ``fp16``: None times float32 and float16 (engines, or networks cast), True float16
     only, False float32 only. ``timing`` overrides ``budget_s``. ``networks`` (label ->
     torch module computing what the label's ONNX file computes) and ``sample_shape``
-    let the GPU half time them with PyTorch on CUDA where TensorRT is missing.
+    let the GPU half time them with PyTorch on CUDA where TensorRT is missing (a network of
+    one float input). ``inputs`` (InputSpecs, see :mod:`spa_export.inputs`) gives the range
+    of integer inputs' random values, and ``sample_shape`` where it is one float input.
     Returns ``{"latency", "speedup", "environment", "gpu", "gpu_numerics", "config"}``.
     """
     if not models:
         raise InputError("no model to benchmark")
+    ranges: dict[str, tuple[int, int]] = {}
+    if inputs is not None:
+        from spa_export.inputs import as_inputs, is_plain
+
+        specs = as_inputs(inputs)
+        ranges = {s.name: (s.low, s.high) for s in specs if s.high is not None}
+        if is_plain(specs):
+            sample_shape = sample_shape or specs[0].shape
+        else:
+            networks = None   # PyTorch's CUDA runner feeds one float input
     if device not in DEVICES:
         raise InputError(f"unknown device '{device}' (expected one of {', '.join(DEVICES)})")
     paths = {label: Path(p) for label, p in models.items()}
@@ -301,13 +320,13 @@ def benchmark(
 
         runners = {k: OnnxRuntimeRunner(p, threads=threads, opt_level=opt_level, name=k)
                    for k, p in paths.items()}
-        entries, _ = _time_group(runners, batch_list, seed, config, progress, "cpu onnxruntime")
+        entries, _ = _time_group(runners, batch_list, seed, config, progress, "cpu onnxruntime", ranges)
         result["latency"].extend(entries)
     if device in ("gpu", "all"):
         reason = _gpu_part(paths, batch_list, fp16=fp16, threads=threads, opt_level=opt_level,
                            config=config, engine_dir=engine_dir, timing_cache=timing_cache,
                            seed=seed, progress=progress, result=result, networks=networks,
-                           sample_shape=sample_shape)
+                           sample_shape=sample_shape, ranges=ranges)
         if reason is not None:
             if device == "gpu" or not result["latency"]:
                 raise InputError(f"cannot benchmark on the GPU: {reason}")

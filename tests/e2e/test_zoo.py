@@ -10,6 +10,9 @@ spec's masked network, built independently of the plan).
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
 import torchvision
@@ -40,7 +43,8 @@ def _check(name: str, masks: str, default_size: int = 32) -> tuple[int, int]:
     merged, _ = merge(model, spa)
     from spa_export.apply import apply_plan
 
-    pruned = apply_plan(merged, make_plan(merged, shape))
+    plan = make_plan(merged, shape)
+    pruned = apply_plan(merged, plan)
     reference = build_reference(arch, base, spa)
     x = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -48,8 +52,14 @@ def _check(name: str, masks: str, default_size: int = 32) -> tuple[int, int]:
     scale = float(expected.abs().max())
     assert scale > 0 and torch.isfinite(expected).all()
     assert float((expected - got).abs().max()) <= 1e-4 * scale, f"{name} {masks}: not exact"
-    dense = sum(p.numel() for p in merged.parameters())
-    return dense, sum(p.numel() for p in pruned.parameters())
+    dense, kept = sum(p.numel() for p in merged.parameters()), sum(p.numel() for p in pruned.parameters())
+    record = os.environ.get("SPA_ZOO_RECORD")   # a JSON-lines file for ZOO_RESULTS.md's removal table
+    if record:
+        heads = [(ap.num_heads, len(ap.heads)) for ap in plan.attention.values()]
+        with open(record, "a") as fh:
+            fh.write(json.dumps({"model": name, "masks": masks, "input": size, "dense": dense, "pruned": kept,
+                                 "heads": sum(h for h, _ in heads), "heads_kept": sum(k for _, k in heads)}) + "\n")
+    return dense, kept
 
 
 @pytest.mark.parametrize("name", CI_SUBSET)

@@ -115,7 +115,7 @@ def test_a_linear_layer_over_tokens_contributes_per_token() -> None:
 def test_a_constant_tensor_with_features_last_is_added_after_the_layer() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 3)).eval()
-    plan = PrunePlan(input_shape=[1, 4, 6])
+    plan = PrunePlan(inputs={"input_shape": [1, 4, 6]})
     constant = torch.randn(4, 3)
     plan.folds["0"] = ConstantFold("0", 1, tensor=constant, channel_axis=-1)
     pruned = apply_plan(model, plan)
