@@ -18,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 
 from spa_export.errors import InputError, require_file, shown
+from spa_export.inputs import InputSpec
 
 #: The largest array read (elements): above it, the memory check of the build decides anyway.
 MAX_ELEMENTS = 1 << 31
@@ -103,7 +104,7 @@ def finite_float32(arr: np.ndarray, where: str) -> np.ndarray:
     return out
 
 
-def read_inputs(path: Path, inputs: Sequence) -> dict[str, np.ndarray]:
+def read_inputs(path: Path, inputs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
     """An ``--input`` file for every input of the network (InputSpecs), by input name.
 
     One input: a ``.npy`` array (one sample or a batch). Several: an ``.npz``
@@ -128,7 +129,7 @@ def read_inputs(path: Path, inputs: Sequence) -> dict[str, np.ndarray]:
     return out
 
 
-def _checked(arr: np.ndarray, spec: object, where: str) -> np.ndarray:
+def _checked(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
     shape = spec.shape
     if arr.ndim == len(shape) - 1:
         arr = arr[None]

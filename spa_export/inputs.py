@@ -97,6 +97,8 @@ def make_spec(name: object, shape: object, dtype: object = "float32", value_rang
         high = validate.integer(value_range[1], f"{where} (input '{name}' high)", minimum=-(2**62), maximum=2**62)
         if high <= low:
             raise InputError(f"{where}: input '{name}': the range [{low}, {high}) is empty")
+        if dtype == "int32" and (low < -(2**31) or high > 2**31):
+            raise InputError(f"{where}: input '{name}': the range [{low}, {high}) does not fit int32")
     elif dtype in ("int64", "int32"):
         raise InputError(f"{where}: input '{name}' is {dtype}: give the range its values lie in, "
                          f"e.g. {name}:{','.join(map(str, dims))}:{dtype}:0:1000 for an embedding of "

@@ -73,7 +73,7 @@ def decide(graph: ChannelGraph, inputs: dict, *, round_to: int = 1,
     for name, weights_read in graph.attention.items():
         heads = plan_heads(name, graph.modules[name], weights_read=weights_read, round_to=round_to,
                            round_small=round_small)
-        if heads.changed or heads.reason:
+        if heads.changed or heads.reason or heads.kept_beyond_masks:
             plan.attention[name] = heads
     return plan
 

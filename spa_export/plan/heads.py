@@ -42,6 +42,8 @@ class AttentionPlan:
     qk: list[list[int]]
     v: list[list[int]]
     reason: str | None = None     # why heads the masks would remove stay
+    #: channels of kept heads that the masks remove but that stay ("value", "query_key"), and why
+    kept_beyond_masks: dict | None = None
 
     @property
     def changed(self) -> bool:
@@ -53,6 +55,8 @@ class AttentionPlan:
                "qk_dim": len(self.qk[0]), "v_dim": len(self.v[0])}
         if self.reason:
             out["reason"] = self.reason
+        if self.kept_beyond_masks:
+            out["kept_beyond_masks"] = self.kept_beyond_masks
         return out
 
     def summary(self) -> str:
@@ -100,8 +104,17 @@ def plan_heads(name: str, mod: nn.MultiheadAttention, *, weights_read: bool, rou
     heads = [i for i in range(h) if not bool(v_gone[i].all())] or [0]
     dv = _rounded(max(int((~v_gone[i]).sum()) for i in heads), round_to, d, round_small)
     dqk = _rounded(max(int((~qk_gone[i]).sum()) for i in heads), round_to, d, round_small)
-    return AttentionPlan(name, h, d, heads, [_first(qk_gone[i], dqk) for i in heads],
+    plan = AttentionPlan(name, h, d, heads, [_first(qk_gone[i], dqk) for i in heads],
                          [_first(v_gone[i], dv) for i in heads])
+    extra_v = sum(int(v_gone[i][plan.v[k]].sum()) for k, i in enumerate(heads))
+    extra_qk = sum(int(qk_gone[i][plan.qk[k]].sum()) for k, i in enumerate(heads))
+    if extra_v or extra_qk:
+        plan.kept_beyond_masks = {
+            "value": extra_v, "query_key": extra_qk,
+            "why": "kept heads share one value and one query/key width (the largest any of them needs"
+                   + (f", rounded to a multiple of {round_to}" if round_to > 1 else "")
+                   + "); the channels kept for it compute what the masked network computes"}
+    return plan
 
 
 def _rounded(n: int, round_to: int, cap: int, round_small: bool) -> int:

@@ -25,6 +25,7 @@ sp_adapters = pytest.importorskip("sp_adapters")
 torchvision = pytest.importorskip("torchvision")
 
 from bad_inputs import invoke  # noqa: E402
+from onnx_shapes import max_rel_error  # noqa: E402
 
 from spa_export.examples import prune_output_channels  # noqa: E402
 from spa_export.pack import pack_model  # noqa: E402
@@ -108,12 +109,5 @@ def test_the_build_is_exact_against_the_library_networks_own_forward_pass(traine
 
     assert weights(out / "model.onnx") < 0.75 * weights(out / "dense.onnx")
     assert report["params"]["pruned"] < 0.75 * report["params"]["dense"]
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    x = torch.randn((4, 3, 32, 32), generator=torch.Generator().manual_seed(5))
-    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
-    with torch.no_grad():
-        want = lib.eval()(x)
-    scale = float(want.abs().max())
-    assert float((got - want).abs().max()) <= 1e-4 * scale, float((got - want).abs().max()) / scale
+    # the exported file against the library's own network, on new inputs (a zero output fails: nan)
+    assert max_rel_error(out / "model.onnx", lib.eval(), (1, 3, 32, 32), seed=5) <= 1e-4

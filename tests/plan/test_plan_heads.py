@@ -116,9 +116,12 @@ def test_uneven_heads_keep_the_widest_dimension() -> None:
     attn = model.encoder.layers[0].self_attn
     with torch.no_grad():
         attn.out_proj.weight[:, 0:6] = 0              # head 0 keeps 2 value channels, the others 8
-    pruned = apply_plan(model, make_plan(model, TOKENS))
+    plan = make_plan(model, TOKENS)
+    pruned = apply_plan(model, plan)
     assert _error(model, pruned, TOKENS) < 1e-5
     assert isinstance(pruned.encoder.layers[0].self_attn, nn.MultiheadAttention)   # nothing to gain
+    said = plan.to_json()["attention"]["encoder.layers.0.self_attn"]["kept_beyond_masks"]   # and it says why
+    assert (said["value"], said["query_key"]) == (6, 0) and said["why"].startswith("kept heads share one")
 
 
 def test_attention_weights_that_are_read_keep_every_head() -> None:
