@@ -45,10 +45,15 @@ class VerifyReport:
     atol_scale: float
     cases: list[dict] = field(default_factory=list)
     worst: dict | None = None
+    #: what the comparison cannot show (an output that is zero in every case proves only zeros)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"passed": self.passed, "rtol": self.rtol, "atol_scale": self.atol_scale,
-                "cases": self.cases, "worst": self.worst}
+        out = {"passed": self.passed, "rtol": self.rtol, "atol_scale": self.atol_scale,
+               "cases": self.cases, "worst": self.worst}
+        if self.warnings:
+            out["warnings"] = self.warnings
+        return out
 
     def summary(self) -> str:
         w = self.worst
@@ -136,6 +141,11 @@ def verify_against(expected: Expected, onnx_path: Path, *, rtol: float = DEFAULT
                 if case["worst"]["ratio"] > worst_ratio:
                     worst_ratio = case["worst"]["ratio"]
                     report.worst = {"case": name, **case["worst"]}
+    for output in dict.fromkeys(c["output"] for c in report.cases):
+        if all(c.get("scale") == 0 for c in report.cases if c["output"] == output):
+            report.warnings.append(f"output '{output}' of the masked network is zero in every case: verification "
+                                   "shows only that the file outputs zeros too (a head initialised to zeros "
+                                   "and never trained?)")
     return report
 
 
@@ -210,4 +220,4 @@ def _compare(case: str, output: str, expected: np.ndarray, got: np.ndarray, rtol
             "passed": bool((ratio <= 1.0).all()), "mismatches": int((ratio > 1.0).sum()),
             "max_abs_err": float(err.max()) if err.size else 0.0,
             "max_rel_err": float(err.max() / scale) if scale > 0 and err.size else 0.0,
-            "atol": atol, "worst": worst}
+            "atol": atol, "scale": scale, "worst": worst}

@@ -138,3 +138,18 @@ def test_verify_against_asks_for_the_float64_reference_once_and_only_on_failure(
     exact = expected_outputs(_Identity(), (1, 3, 8, 8), batches=(1, 4))
     assert verify_against(exact, tmp_path / "exact.onnx", reference64=reference64).passed and asked == [1]
     assert not verify_against(expected, tmp_path / "exact.onnx").passed   # no second opinion to ask
+
+
+def test_an_output_that_is_zero_in_every_case_is_a_warning_not_a_silent_pass(tmp_path):
+    net = _net(0)
+    with torch.no_grad():
+        net[-1].weight.zero_()          # the head as torchvision initialises ViT's: all zeros
+        net[-1].bias.zero_()
+    export_onnx(net, (1, 3, 8, 8), tmp_path / "zero.onnx")
+    report = verify(net, tmp_path / "zero.onnx", (1, 3, 8, 8))
+    assert report.passed and len(report.warnings) == 1
+    assert report.warnings[0].startswith("output 'output' of the masked network is zero in every case")
+    assert report.to_json()["warnings"] == report.warnings
+    export_onnx(_net(0), (1, 3, 8, 8), tmp_path / "fine.onnx")
+    fine = verify(_net(0), tmp_path / "fine.onnx", (1, 3, 8, 8))
+    assert fine.passed and fine.warnings == [] and "warnings" not in fine.to_json()

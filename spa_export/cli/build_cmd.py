@@ -182,6 +182,8 @@ def _summarise(result: BuildResult, bench: str) -> None:
     for s in r.get("speedup", []):
         click.echo(f"  {s['device']} {s['runtime']} batch {s['batch']}: {s['dense_p50_ms']:.3f} ms -> "
                    f"{s['pruned_p50_ms']:.3f} ms (x{s['speedup']:.2f})")
+    for warning in ver.get("warnings") or []:
+        click.echo(f"warning: {warning}", err=True)
     gpu = r.get("gpu")
     if gpu and gpu.get("status") == "skipped" and bench in ("gpu", "all"):
         click.echo(f"  gpu: skipped ({gpu.get('reason')})")

@@ -122,6 +122,8 @@ def _summary(report: Mapping[str, Any]) -> list[str]:
                      f"'{worst.get('output')}' at {worst.get('index')}: expected "
                      f"{worst.get('expected')}, got {worst.get('got')}")
         rows.append(("Verification", text))
+        for warning in verification.get("warnings") or []:
+            rows.append(("**Verification warning**", warning))
     if not rows:
         return []
     lines = ["## Summary", ""] + _table(("", ""), rows) + [""]
