@@ -111,13 +111,13 @@ def read_inputs(path: Path, inputs: Sequence[InputSpec]) -> dict[str, np.ndarray
     archive with one array per input name (``numpy.savez(path, ids=..., mask=...)``),
     every one with the same batch. Integer inputs must hold integers in their range.
     """
-    if len(inputs) == 1 and (not zipfile.is_zipfile(path) or inputs[0].name not in read_npz(path, [inputs[0].name])):
+    arrays = read_npz(path, [s.name for s in inputs]) if zipfile.is_zipfile(path) else None
+    if len(inputs) == 1 and not arrays:
         spec = inputs[0]   # (read_npy says what an archive without the input's array is)
         return {spec.name: _checked(read_npy(path), spec, str(path))}
-    if not zipfile.is_zipfile(path):
+    if arrays is None:
         raise InputError(f"{path}: the network takes {len(inputs)} inputs ({', '.join(s.name for s in inputs)}): "
                          "give an .npz archive with one array per input (numpy.savez)")
-    arrays = read_npz(path, [s.name for s in inputs])
     missing = [s.name for s in inputs if s.name not in arrays]
     if missing:
         raise InputError(f"{path}: no array for input(s) {', '.join(missing)} (the archive's arrays are named "

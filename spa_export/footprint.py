@@ -30,8 +30,6 @@ from spa_export.inputs import as_inputs
 from spa_export.memory import Footprint
 from spa_export.metrics import counting_macs
 
-_TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
-
 
 def _bytes(value: object) -> int:
     if isinstance(value, torch.Tensor):
@@ -68,7 +66,7 @@ def _measure(model: nn.Module, inputs: object) -> Footprint:
     inputs = as_inputs(inputs)
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
-        x = tuple(torch.empty((1, *s.shape[1:]), dtype=_TORCH_DTYPES[s.dtype], device="meta") for s in inputs)
+        x = tuple(torch.empty((1, *s.shape[1:]), dtype=s.torch_dtype, device="meta") for s in inputs)
         with torch.no_grad(), counting_macs(model) as macs:
             out = model(*x)
     finally:

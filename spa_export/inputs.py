@@ -5,8 +5,9 @@ all there is to say: that is :func:`as_inputs` of a shape, one float32 input
 named ``input``. A language or sequence network may take token ids (integers
 an embedding looks up, so random ones must lie in ``[low, high)``), a mask, or
 several tensors; each is an :class:`InputSpec`, in the order of the network's
-``forward`` arguments, given on the command line as ``--input
-NAME:SHAPE[:DTYPE[:LOW:HIGH]]`` (repeated) and in a recipe as ``inputs:``.
+``forward`` arguments, given on the command line as ``--input-shape
+NAME:SHAPE[:DTYPE[:LOW:HIGH]]`` (once per input) and in a recipe as a list
+under ``input_shape:``.
 
 The first axis of every input is the batch: the exported file has a dynamic
 batch axis per input and fixed sizes elsewhere.
@@ -47,6 +48,12 @@ class InputSpec:
     @property
     def numpy_dtype(self) -> np.dtype:
         return np.dtype(DTYPES[self.dtype])
+
+    @property
+    def torch_dtype(self) -> object:
+        import torch
+
+        return getattr(torch, self.dtype)   # every name of DTYPES is torch's own (torch.bool...)
 
     def random(self, rng: np.random.Generator, batch: int) -> np.ndarray:
         """Seeded random values of this input at ``batch``: normal floats, integers in range, fair bools."""
@@ -106,7 +113,7 @@ def make_spec(name: object, shape: object, dtype: object = "float32", value_rang
     return InputSpec(name, dims, str(dtype), low, high)
 
 
-def parse_input(text: str, where: str = "--input") -> InputSpec:
+def parse_input(text: str, where: str = "--input-shape") -> InputSpec:
     """``NAME:SHAPE[:DTYPE[:LOW:HIGH]]`` -> :class:`InputSpec`."""
     parts = str(text).split(":")
     if len(parts) not in (2, 3, 5):
@@ -189,8 +196,7 @@ def random_tensors(inputs: Inputs, batch: int, generator: object) -> tuple:
         elif s.dtype == "bool":
             out.append(torch.rand(full, generator=generator) < 0.5)
         else:
-            dtype = torch.int64 if s.dtype == "int64" else torch.int32
-            out.append(torch.randint(s.low, s.high, full, generator=generator, dtype=dtype))
+            out.append(torch.randint(s.low, s.high, full, generator=generator, dtype=s.torch_dtype))
     return tuple(out)
 
 

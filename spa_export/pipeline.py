@@ -183,9 +183,9 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
             else checked_macs(loaded.model, specs, loaded.arch)
         together = sum(opts.verify_batches)  # the reference runs the verification batches at once
         runs = {f"verification ({together} samples at once)": together}
-        runs.update({f"--input {p.name} ({batch} samples)": batch
-                     for p, (_, x) in zip(opts.inputs, user_inputs, strict=True)
-                     for batch in [len(next(iter(x.values())))]})
+        for p, (_, arrays) in zip(opts.inputs, user_inputs, strict=True):
+            batch = len(next(iter(arrays.values())))   # read_inputs checked that every input has it
+            runs[f"--input {p.name} ({batch} samples)"] = batch
         if opts.bench != "none":
             runs[f"--batch {max(opts.bench_batches)}"] = max(opts.bench_batches)
         check_fits(footprint, runs, as_option(specs), traced=specs[0].shape[0])

@@ -43,13 +43,12 @@ def random_base(arch: str, input_shape: object, *, seed: int = 0) -> dict[str, t
         torch.manual_seed(seed)
         model = build_model(arch)
     gen = torch.Generator().manual_seed(seed + 1)
+    specs = as_inputs(input_shape)
+    checked_macs(model, specs, arch)   # a clear error where the inputs do not fit the network (eval mode)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
-    model.train()
-    specs = as_inputs(input_shape)
-    checked_macs(model, specs, arch)   # a clear error where the inputs do not fit the network
     model.train()
     with torch.no_grad():
         for _ in range(2):
