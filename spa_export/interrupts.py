@@ -13,6 +13,11 @@ back for a moment:
   signal that arrives meanwhile takes effect afterwards as
   :class:`InterruptedAfterPublish`, whose message says the output is complete.
 
+An exception raised by the handler inside a C extension's call (a
+safetensors or torch loader) can likewise come out as another error; the
+signals :func:`raised` raised are recorded, so that the command can report
+the interrupt, not the error it caused (:func:`stop_for`).
+
 Exit codes: 130 for SIGINT, 143 for SIGTERM (128 + the signal's number).
 """
 
@@ -58,8 +63,9 @@ def message(err: BaseException) -> str:
     return "interrupted: nothing was written"
 
 
-def _raise_for(signum: int) -> None:
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+def stop_for(signum: int) -> KeyboardInterrupt:
+    """The exception a signal raises: :class:`Terminated` for SIGTERM, KeyboardInterrupt for SIGINT."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _importing(frame: FrameType | None) -> bool:
@@ -78,11 +84,12 @@ def _ours_to_set(signum: int) -> bool:
 
 
 @contextlib.contextmanager
-def raised() -> Iterator[None]:
+def raised(fired: list[int] | None = None) -> Iterator[None]:
     """SIGINT and SIGTERM raise (after any import in progress) while the block runs.
 
-    Left alone: a thread other than the main one, a signal that is ignored
-    (a background job's SIGINT) or that a caller already handles.
+    ``fired``: each signal raised is appended to it. Left alone: a thread
+    other than the main one, a signal that is ignored (a background job's
+    SIGINT) or that a caller already handles.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -98,7 +105,9 @@ def raised() -> Iterator[None]:
             timer.daemon = True
             timer.start()
             return
-        _raise_for(signum)
+        if fired is not None:
+            fired.append(signum)
+        raise stop_for(signum)
 
     previous = {s: signal.getsignal(s) for s in SIGNALS if _ours_to_set(s)}
     for s in previous:

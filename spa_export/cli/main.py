@@ -24,9 +24,15 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> object:
         debug = bool(ctx.obj and ctx.obj.get("debug"))
+        fired: list[int] = []
         try:
-            with interrupts.raised():
-                return super().invoke(ctx)
+            try:
+                with interrupts.raised(fired):
+                    return super().invoke(ctx)
+            except Exception as err:
+                if fired:  # the signal, raised inside a C extension's call, came out as this error
+                    raise interrupts.stop_for(fired[-1]) from err
+                raise
         except SpaExportError as err:
             _fail(ctx, debug, str(err), err.exit_code)
         except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM; the output is complete if it says so
