@@ -37,7 +37,7 @@ from machine import (
     write_results,
 )
 
-from spa_export.memory import peak_rss_mb
+from spa_export.safety.memory import peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE.parent / "models"
@@ -47,7 +47,7 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
     """One measurement, in this (fresh) process."""
     import torchvision.models  # noqa: F401  (the architectures' library is one of the runtimes)
 
-    from spa_export.pipeline import BuildOptions, build, parse_input_shape
+    from spa_export.stages.pipeline import BuildOptions, build, parse_input_shape
 
     work = Path(config["work"])
     build(BuildOptions(base=MODELS / "tiny_resnet.safetensors", spa=MODELS / "tiny_resnet-example.spa",

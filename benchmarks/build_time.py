@@ -2,13 +2,13 @@
 
 For one architecture and input shape (default torchvision ResNet-50 at 1,3,224,224):
 
-* **build**: :func:`spa_export.pipeline.build` of a ``synth`` SPA (output-only masks,
+* **build**: :func:`spa_export.stages.pipeline.build` of a ``synth`` SPA (output-only masks,
   50% by default) with ``bench="none"`` (load, reference, merge, plan, apply, export +
   check + simplify, verify, report), with its per-stage times from ``report["stages"]``;
 * **bare (default)**: ``torch.onnx.export(model, (x,), path)`` of the dense network with
   torch's default arguments (the dynamo exporter in torch >= 2.9);
 * **bare (dynamo=False)**: the same with ``dynamo=False`` (the TorchScript exporter);
-* **dense via export_onnx**: :func:`spa_export.export.export_onnx` of the dense network
+* **dense via export_onnx**: :func:`spa_export.stages.export.export_onnx` of the dense network
   (TorchScript export, full onnx.checker and onnxsim), to tell export cost from the rest.
 
 All run in this process, interleaved, ``--repeats`` times; ratios use medians. Between
@@ -48,7 +48,8 @@ from machine import (
     write_results,
 )
 
-from spa_export.memory import peak_rss_mb
+from spa_export.runtime.inputs import as_inputs
+from spa_export.safety.memory import peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
 BARE = ("bare_default", "bare_dynamo_false", "dense_export_onnx")
@@ -56,7 +57,7 @@ LABELS = {
     "build": "spa_export build (bench none)",
     "bare_default": "torch.onnx.export, default args",
     "bare_dynamo_false": "torch.onnx.export, dynamo=False",
-    "dense_export_onnx": "dense via spa_export.export.export_onnx",
+    "dense_export_onnx": "dense via spa_export.stages.export.export_onnx",
 }
 
 
@@ -74,20 +75,20 @@ def _exporters(dense: Any, shape: tuple[int, ...]) -> dict[str, Callable[[Path],
     """The three ways of exporting the dense network, by key of ``BARE``."""
     import torch
 
-    from spa_export.export import export_onnx
+    from spa_export.stages.export import export_onnx
 
     example = torch.zeros(shape)
     return {
         "bare_default": lambda p: torch.onnx.export(dense, (example,), p),
         "bare_dynamo_false": lambda p: torch.onnx.export(dense, (example,), p, dynamo=False),
-        "dense_export_onnx": lambda p: export_onnx(dense, shape, p),
+        "dense_export_onnx": lambda p: export_onnx(dense, as_inputs(shape), p),
     }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from spa_export.arch import build_model
-    from spa_export.checkpoint import load_state_dict_file
-    from spa_export.pipeline import BuildOptions, build, parse_input_shape
+    from spa_export.nets.arch import build_model
+    from spa_export.nets.checkpoint import load_state_dict_file
+    from spa_export.stages.pipeline import BuildOptions, build, parse_input_shape
 
     shape = parse_input_shape(args.input_shape)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="spa-bench-build-"))

@@ -25,8 +25,8 @@ RECIPE = HERE.parent / "recipes" / "digits.yaml"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from spa_export.package import PackageOptions, build_package
-    from spa_export.recipe import load_recipe
+    from spa_export.release.package import PackageOptions, build_package
+    from spa_export.release.recipe import load_recipe
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="spa-bench-demo-"))
     info = machine_info()

@@ -56,8 +56,8 @@ def make_inputs(arch: str, shape: tuple[int, ...], prunes: list[float], seed: in
     """A random base checkpoint and one ``groups`` SPA per prune fraction."""
     from safetensors.torch import save_file
 
+    from spa_export.pack.synth import random_base, synth_spa
     from spa_export.spa import write_spa
-    from spa_export.synth import random_base, synth_spa
 
     state = random_base(arch, shape, seed=seed)
     base = work / "base.safetensors"
@@ -179,7 +179,7 @@ def _rows(report: dict[str, Any], prune: float, round_to: str) -> list[dict[str,
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from spa_export.pipeline import BuildOptions, build, parse_input_shape
+    from spa_export.stages.pipeline import BuildOptions, build, parse_input_shape
 
     shape = parse_input_shape(args.input_shape)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="spa-bench-speedup-"))

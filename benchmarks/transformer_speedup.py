@@ -37,7 +37,7 @@ def make_spa(state: dict[str, Any], mlp_prune: float, head_prune: float, rank: i
     """The SPA described in the module docstring, built from the base's own shapes."""
     import torch
 
-    from spa_export.arch import build_model
+    from spa_export.nets.arch import build_model
     from spa_export.spa import LayerSpa
     from spa_export.spa import make_spa as make
     from spa_export.spa.projections import with_projections
@@ -88,9 +88,9 @@ def make_spa(state: dict[str, Any], mlp_prune: float, head_prune: float, rank: i
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    from spa_export.pipeline import BuildOptions, build
+    from spa_export.pack.synth import random_base
     from spa_export.spa import write_spa
-    from spa_export.synth import random_base
+    from spa_export.stages.pipeline import BuildOptions, build
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="spa-bench-vit-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,10 @@
-"""The ``spa-export`` command line: thin click commands over the Python API."""
+"""The ``spa-export`` command line: thin click commands over the Python API.
+
+Each command imports what it needs inside its function, so ``--help`` is instant and the runtime
+commands (``bench``, ``engine``) run without torch.
+
+May import: spa_export.release, spa_export.pack, spa_export.stages, spa_export.report, spa_export.nets, spa_export.runtime, spa_export.spa, spa_export.safety
+"""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ def assemble(parts: tuple[Path, ...], out: Path) -> None:
     and library versions; together they must hold every task once. The
     package equals a single machine's build of the whole recipe.
     """
-    from spa_export.assemble import assemble as run
+    from spa_export.release.assemble import assemble as run
 
     manifest = run(list(parts), out)
     tasks = manifest["content"]["tasks"]

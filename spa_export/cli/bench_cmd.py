@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from spa_export.cli.options import INPUT, OUTPUT
-from spa_export.errors import InputError, require_file
+from spa_export.safety.errors import InputError, require_file
 
 
 def _fmt(value: object) -> str:
@@ -90,11 +90,11 @@ def bench(
 ) -> None:
     """Time MODEL (an .onnx file, or a TensorRT .engine on the GPU); given MODEL and
     MODEL2, time them alternately as dense and pruned and print the speedup."""
-    from spa_export import validate
-    from spa_export.memory import check_fits
-    from spa_export.ownership import check_out_file
     from spa_export.runtime.bench import benchmark
     from spa_export.runtime.footprint import activation_footprint
+    from spa_export.safety import validate
+    from spa_export.safety.memory import check_fits
+    from spa_export.safety.ownership import check_out_file
 
     if len(models) > 2:
         raise InputError(f"give one or two models, got {len(models)}")
@@ -128,7 +128,7 @@ def bench(
         click.echo(f"TensorRT {row['precision']} vs ONNX Runtime, {row['model']} batch "
                    f"{row['batch']}: max abs err {row['max_abs_err']:.3g} ({verdict})")
     if json_out is not None:
-        from spa_export.publish import atomic_write_bytes
+        from spa_export.safety.publish import atomic_write_bytes
 
         atomic_write_bytes(json_out, (json.dumps(result, indent=2) + "\n").encode())
         if show:

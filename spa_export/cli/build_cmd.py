@@ -10,8 +10,8 @@ import click
 from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, INPUT_SHAPE_HELP, OUTPUT
 
 if TYPE_CHECKING:
-    from spa_export.package import PackageResult
-    from spa_export.pipeline import BuildResult
+    from spa_export.release.package import PackageResult
+    from spa_export.stages.pipeline import BuildResult
 
 #: Command-line option -> BuildOptions field, for the options a recipe may also set.
 _SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "threads": "threads",
@@ -78,8 +78,8 @@ def build(recipe_arg: Path | None, recipe: Path | None, tasks: tuple[str, ...], 
     Flags override the recipe's values. Exit 1 when verification fails;
     nothing is published then.
     """
-    from spa_export.errors import InputError
-    from spa_export.interrupts import InterruptedAfterPublish
+    from spa_export.safety.errors import InputError
+    from spa_export.safety.interrupts import InterruptedAfterPublish
 
     if recipe_arg is not None and recipe is not None:
         raise InputError("give the recipe once: as RECIPE or as --recipe")
@@ -119,9 +119,9 @@ def _settings(given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build_one(eval_data: Path | None, given: dict[str, Any]) -> BuildResult:
-    from spa_export.errors import InputError
-    from spa_export.pipeline import BuildOptions
-    from spa_export.pipeline import build as run_build
+    from spa_export.safety.errors import InputError
+    from spa_export.stages.pipeline import BuildOptions
+    from spa_export.stages.pipeline import build as run_build
 
     for key in ("base", "spa", "out", "input_shape"):
         if given.get(key) is None or given.get(key) == ():
@@ -136,10 +136,10 @@ def _build_recipe(path: Path, tasks: tuple[str, ...], shard: str | None, jobs: i
                   eval_data: Path | None, given: dict[str, Any]) -> PackageResult:
     from dataclasses import replace
 
-    from spa_export import validate
-    from spa_export.errors import InputError
-    from spa_export.package import PackageOptions, build_package, parse_shard
-    from spa_export.recipe import load_recipe
+    from spa_export.release.package import PackageOptions, build_package, parse_shard
+    from spa_export.release.recipe import load_recipe
+    from spa_export.safety import validate
+    from spa_export.safety.errors import InputError
 
     if given.get("spa") is not None:
         raise InputError("--spa with a recipe: the recipe lists its tasks; use --task NAME to build one")
@@ -150,7 +150,7 @@ def _build_recipe(path: Path, tasks: tuple[str, ...], shard: str | None, jobs: i
     if given.get("base") is not None:
         changes["base"] = given["base"]
     if given.get("input_shape"):
-        from spa_export.inputs import as_inputs
+        from spa_export.runtime.inputs import as_inputs
 
         changes["input_shape"] = as_inputs(given["input_shape"])
     if layout is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from spa_export.cli.options import INPUT, OUTPUT
-from spa_export.errors import InputError, require_file
+from spa_export.safety.errors import InputError, require_file
 
 
 @click.command("engine")
@@ -32,10 +32,10 @@ def engine(
 ) -> None:
     """Build a TensorRT engine of MODEL.onnx for this machine's GPU, with its
     metadata (TensorRT version, GPU, precision, batches, ONNX sha256) beside it."""
-    from spa_export import validate
-    from spa_export.ownership import check_out_file
     from spa_export.runtime.engine import build_engine, engine_path_for
     from spa_export.runtime.tensorrt import metadata_path
+    from spa_export.safety import validate
+    from spa_export.safety.ownership import check_out_file
 
     require_file(model)
     if model.suffix != ".onnx":

@@ -20,8 +20,8 @@ from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, INPUT_SHAPE_HE
 def inspect_(spa_file: Path, base: Path | None, arch: str | None, input_shape: tuple,
              as_json: bool) -> None:
     """Task, adapted layers, rank, kept channels and learned parameters of SPA_FILE."""
-    from spa_export.errors import shown
-    from spa_export.inspect import inspect_spa
+    from spa_export.safety.errors import shown
+    from spa_export.stages.inspect import inspect_spa
 
     info = inspect_spa(spa_file, base=base, arch=arch, input_shape=input_shape)
     if as_json:

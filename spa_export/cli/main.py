@@ -2,7 +2,7 @@
 
 Commands live one per module and import heavy libraries (torch, onnx,
 onnxruntime) inside their bodies so that ``spa-export --help`` stays instant.
-Every :class:`~spa_export.errors.SpaExportError` becomes one line on stderr and
+Every :class:`~spa_export.safety.errors.SpaExportError` becomes one line on stderr and
 its exit code (2 for bad input, 1 for failed verification); ``--debug`` shows
 the traceback instead.
 """
@@ -15,8 +15,9 @@ import traceback
 
 import click
 
-from spa_export import __version__, interrupts
-from spa_export.errors import SpaExportError, os_error_message, shown
+from spa_export import __version__
+from spa_export.safety import interrupts
+from spa_export.safety.errors import SpaExportError, os_error_message, shown
 
 
 class _Group(click.Group):

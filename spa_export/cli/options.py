@@ -15,7 +15,7 @@ class InputShape(click.ParamType):
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
         if not isinstance(value, str):
             return value
-        from spa_export.pipeline import parse_input_shape
+        from spa_export.stages.pipeline import parse_input_shape
 
         # an InputError, not click's multi-line usage error: the CLI reports it as one line
         return parse_input_shape(str(value))
@@ -46,14 +46,14 @@ class _NonEmptyPath(click.ParamType):
         if isinstance(value, Path):
             return value
         if not str(value).strip():
-            from spa_export.errors import InputError
+            from spa_export.safety.errors import InputError
 
             option = param.opts[0] if param is not None and param.opts else "a path"
             raise InputError(f"{option} is empty (an unset shell variable?): name the {self.what} explicitly")
         return Path(str(value))
 
 
-#: An output file or folder; what may be replaced is decided by spa_export.ownership.
+#: An output file or folder; what may be replaced is decided by spa_export.safety.ownership.
 OUTPUT = _NonEmptyPath("output")
 #: An input file.
 INPUT = _NonEmptyPath("file")

@@ -30,10 +30,10 @@ def pack(arch: str, base: Path, adapted: Path, masks: Path | None, input_shape: 
          output: Path, json_out: Path | None, force: bool) -> None:
     """Write the task's SPA file: adapters for kept channels, masks, and only the overrides that
     really differ from the base; then check it against the adapted network's forward pass."""
-    from spa_export import validate
-    from spa_export.ownership import check_out_file
     from spa_export.pack import pack_checkpoint
-    from spa_export.publish import atomic_write_bytes
+    from spa_export.safety import validate
+    from spa_export.safety.ownership import check_out_file
+    from spa_export.safety.publish import atomic_write_bytes
     from spa_export.spa import write_spa
 
     inputs = [base, adapted, *([masks] if masks else [])]

@@ -31,13 +31,13 @@ def synth(arch: str, input_shape: tuple, prune: float, rank: int, seed: int, mas
     """Write an SPA with random adapters and masks (for tests and what-if questions)."""
     from safetensors.torch import save
 
-    from spa_export import validate
-    from spa_export.checkpoint import load_state_dict_file
-    from spa_export.errors import InputError
-    from spa_export.ownership import check_out_file
-    from spa_export.publish import atomic_write_bytes
+    from spa_export.nets.checkpoint import load_state_dict_file
+    from spa_export.pack.synth import random_base, synth_spa
+    from spa_export.safety import validate
+    from spa_export.safety.errors import InputError
+    from spa_export.safety.ownership import check_out_file
+    from spa_export.safety.publish import atomic_write_bytes
     from spa_export.spa import write_spa
-    from spa_export.synth import random_base, synth_spa
 
     if base and save_base:
         raise InputError("give --base or --save-base, not both")

@@ -1,4 +1,14 @@
-"""``pack``: the SPA file of a network adapted and pruned with ``sp_adapters``, as small as it can be.
+"""Making SPA files: from a network trained with ``sp_adapters`` (``pack``, here) or from the spec
+alone (``synth``: random adapters and masks for a base, for tests and benchmarks).
+
+What it holds: this module (``pack_model``, ``pack_checkpoint``), ``adapters`` and ``attention``
+(the library's tensors -> SPA fields), ``masks`` (masks from wherever training left them),
+``rebuild`` (the adapted network again from a saved state dict), ``convert`` (the earlier names
+of this API) and ``synth``.
+
+May import: spa_export.stages, spa_export.nets, spa_export.runtime, spa_export.spa, spa_export.safety
+
+``pack``: the SPA file of a network adapted and pruned with ``sp_adapters``, as small as it can be.
 
 What training leaves behind is a whole network: the frozen base weights
 (with pruned rows zeroed), the adapters, a new head, fine-tuned batch-norm
@@ -31,7 +41,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spa_export.errors import InputError, shown
 from spa_export.pack.adapters import (
     adapted_layers,
     adapter_fields,
@@ -47,6 +56,8 @@ from spa_export.pack.attention import (
     split_state,
 )
 from spa_export.pack.masks import LayerMasks, MaskPair, find_masks
+from spa_export.runtime.inputs import Inputs
+from spa_export.safety.errors import InputError, shown
 from spa_export.spa import LayerSpa, SpaFile, make_spa, spa_bytes, state_dict_digest
 from spa_export.spa.projections import PARTS
 
@@ -134,7 +145,7 @@ def pack_model(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None, 
     ``base_state`` is the original network's state dict (None: the network's
     own non-adapter state is the base). ``masks`` maps layer names to
     ``(out_mask, in_mask)``; more are found in the network itself. With
-    ``arch`` and ``input_shape`` (a shape, or InputSpecs: see :mod:`spa_export.inputs`) the file is
+    ``arch`` and ``input_shape`` (a shape, or InputSpecs: see :mod:`spa_export.runtime.inputs`) the file is
     checked against the network.
     ``model`` is not changed.
     """
@@ -209,7 +220,9 @@ def pack_model(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None, 
                    description=description or "packed from an sp_adapters network")
     report = _report(spa, base, found, reasons, skipped, adapted)
     if arch is not None and input_shape is not None:
-        report["check"] = check(model, spa, base, arch, input_shape, found, seed=seed)
+        from spa_export.runtime.inputs import as_inputs
+
+        report["check"] = check(model, spa, base, arch, as_inputs(input_shape), found, seed=seed)
     return PackResult(spa, report)
 
 
@@ -271,18 +284,17 @@ def _error(got: torch.Tensor, want: torch.Tensor) -> tuple[float, bool]:
 
 
 def check(model: nn.Module, spa: SpaFile, base: Mapping[str, torch.Tensor], arch: str,
-          input_shape: object, found: Mapping[str, LayerMasks], *, seed: int = 0) -> dict:
+          inputs: Inputs, found: Mapping[str, LayerMasks], *, seed: int = 0) -> dict:
     """The SPA's masked network against the adapted network, with its masks applied and as it is.
 
     Raises :class:`InputError` when the first comparison fails: the file
     would not compute what the masks say of the network.
     """
-    from spa_export.reference import build_reference
+    from spa_export.runtime.inputs import describe, random_tensors
+    from spa_export.stages.reference import build_reference
 
     net = copy.deepcopy(model).eval()   # the caller's network is left as it was
-    from spa_export.inputs import as_inputs, describe, random_tensors
-
-    specs = as_inputs(input_shape)
+    specs = inputs
     x = random_tensors(specs, 2, torch.Generator().manual_seed(seed))
     reference = build_reference(arch, dict(base), spa)
     with torch.no_grad():
@@ -321,7 +333,7 @@ def _leaks(model: nn.Module, found: Mapping[str, LayerMasks]) -> list[str]:
 def pack_checkpoint(arch: str, base: Path, adapted: Path, *, masks: Path | None = None, task: str | None = None,
                     input_shape: object, seed: int = 0) -> PackResult:
     """:func:`pack_model` of a saved adapted state dict (``spa-export pack``)."""
-    from spa_export.checkpoint import load_state_dict_file
+    from spa_export.nets.checkpoint import load_state_dict_file
     from spa_export.pack.rebuild import rebuild_adapted
 
     base_state = load_state_dict_file(base)
@@ -337,7 +349,7 @@ def pack_checkpoint(arch: str, base: Path, adapted: Path, *, masks: Path | None 
 
 def _read_masks(path: Path) -> dict[str, MaskPair]:
     """A masks file: safetensors with ``<layer>.out_mask`` and ``<layer>.in_mask`` (bool or 0/1)."""
-    from spa_export.checkpoint import load_state_dict_file
+    from spa_export.nets.checkpoint import load_state_dict_file
 
     raw = load_state_dict_file(path)
     out: dict[str, list[torch.Tensor | None]] = {}

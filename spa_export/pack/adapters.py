@@ -2,7 +2,7 @@
 
 The library (``structured-pruning-adapters``) replaces ``Linear``/``ConvNd``
 modules in place, so ``named_modules()`` names are the base network's. Where
-its tensors live and how they map onto the spec (``shared/spec/spa-format.md``):
+its tensors live and how they map onto the spec (``docs/spa-format.md``):
 
 * SPLoRA (``SPLoRALinear``, ``SPLoRAConv1d/2d/3d``): ``adapter.cols``
   ``[1, out, r]`` and ``adapter.rows`` ``[1, r, in]``; the update
@@ -33,7 +33,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from spa_export.errors import InputError, shown
+from spa_export.safety.errors import InputError, shown
 
 KINDS = ("splora", "sppara", "splopa")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spa_export.errors import InputError, shown
+from spa_export.safety.errors import InputError, shown
 
 MaskPair = tuple[torch.Tensor | None, torch.Tensor | None]
 LAYERS = (nn.Linear, nn.modules.conv._ConvNd)

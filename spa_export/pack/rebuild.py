@@ -24,9 +24,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from spa_export.arch import build_model, load_into, set_submodule
-from spa_export.errors import CheckpointError, shown
+from spa_export.nets.arch import build_model, load_into, set_submodule
 from spa_export.pack.masks import LAYERS
+from spa_export.safety.errors import CheckpointError, shown
 
 
 def _resized(mod: nn.Module, out: int) -> nn.Module:

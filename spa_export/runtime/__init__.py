@@ -1,8 +1,15 @@
-"""The runtime half: time ONNX models (ONNX Runtime) and TensorRT engines.
+"""The runtime half: run and time ONNX models (ONNX Runtime) and TensorRT engines.
 
 Nothing under this package imports torch, so ``spa-export bench`` and
 ``spa-export engine`` run on a device that has onnxruntime or TensorRT alone.
 onnxruntime, tensorrt and polygraphy are imported inside functions.
+
+What it holds: ``runner`` (one lifecycle for every backend), ``onnxrt``, ``tensorrt`` and
+``torch_cuda`` (the backends), ``timing`` and ``bench`` (side-by-side timing), ``engine``
+(TensorRT engines), ``environment`` (the machine and library versions), ``footprint`` (memory of
+a running model) and ``inputs`` (what a network takes: names, shapes, dtypes, value ranges).
+
+May import: spa_export.safety
 """
 
 from __future__ import annotations

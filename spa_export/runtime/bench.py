@@ -6,7 +6,7 @@ and the build holds the networks, the same networks with PyTorch on CUDA
 (``torch-cuda``); ONNX Runtime's CUDA provider besides where ``onnxruntime-gpu``
 is installed. The GPU outputs are compared with ONNX Runtime's on the CPU with a
 tolerance suited to the precision (``gpu_numerics``). A GPU that was asked for and is missing is an
-:class:`~spa_export.errors.InputError` with ``device="gpu"``, and a
+:class:`~spa_export.safety.errors.InputError` with ``device="gpu"``, and a
 ``{"status": "skipped", "reason": ...}`` note with ``device="all"``.
 """
 
@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from spa_export.errors import InputError, require_file
 from spa_export.runtime.environment import collect_environment
+from spa_export.runtime.inputs import Inputs
 from spa_export.runtime.runner import Feed, InputMetadata, Runner
 from spa_export.runtime.timing import Stats, TimingConfig, compare
+from spa_export.safety.errors import InputError, require_file
 
 DEVICES = ("cpu", "gpu", "all")
 #: Tolerances of TensorRT against ONNX Runtime (CPU), atol relative to the output's scale.
@@ -267,7 +268,7 @@ def benchmark(
     progress: Progress | None = None,
     networks: Mapping[str, Any] | None = None,
     sample_shape: tuple[int, ...] | None = None,
-    inputs: Any = None,
+    inputs: Inputs | None = None,
 ) -> dict[str, Any]:
     """Time ``models`` (label -> .onnx, or .engine for the GPU) at every batch size.
 
@@ -275,7 +276,7 @@ def benchmark(
     only, False float32 only. ``timing`` overrides ``budget_s``. ``networks`` (label ->
     torch module computing what the label's ONNX file computes) and ``sample_shape``
     let the GPU half time them with PyTorch on CUDA where TensorRT is missing (a network of
-    one float input). ``inputs`` (InputSpecs, see :mod:`spa_export.inputs`) gives the range
+    one float input). ``inputs`` (InputSpecs, see :mod:`spa_export.runtime.inputs`) gives the range
     of integer inputs' random values, and ``sample_shape`` where it is one float input.
     Returns ``{"latency", "speedup", "environment", "gpu", "gpu_numerics", "config"}``.
     """
@@ -283,9 +284,9 @@ def benchmark(
         raise InputError("no model to benchmark")
     ranges: dict[str, tuple[int, int]] = {}
     if inputs is not None:
-        from spa_export.inputs import as_inputs, is_plain
+        from spa_export.runtime.inputs import is_plain
 
-        specs = as_inputs(inputs)
+        specs = inputs
         ranges = {s.name: (s.low, s.high) for s in specs if s.high is not None}
         if is_plain(specs):
             sample_shape = sample_shape or specs[0].shape

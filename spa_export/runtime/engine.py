@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from spa_export import __version__
-from spa_export.errors import BuildError, InputError, require_file
-from spa_export.publish import atomic_write, atomic_write_bytes
 from spa_export.runtime.tensorrt import gpu_device_info, metadata_path, require_gpu
+from spa_export.safety.errors import BuildError, InputError, require_file
+from spa_export.safety.publish import atomic_write, atomic_write_bytes
 
 Shape = tuple[int, ...]
 

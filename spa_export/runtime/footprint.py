@@ -2,7 +2,7 @@
 
 ONNX's shape inference gives every intermediate tensor's shape with the batch
 axis symbolic; the largest one per sample bounds what a batch needs
-(:func:`spa_export.memory.check_fits`). Models whose shapes cannot be
+(:func:`spa_export.safety.memory.check_fits`). Models whose shapes cannot be
 inferred give no estimate.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spa_export.memory import Footprint
+from spa_export.safety.memory import Footprint
 
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
 

@@ -14,9 +14,9 @@ from types import ModuleType
 
 import numpy as np
 
-from spa_export.errors import InputError, require_file
 from spa_export.runtime.environment import physical_cores
 from spa_export.runtime.runner import Dim, Feed, InputMetadata, Runner
+from spa_export.safety.errors import InputError, require_file
 
 #: Our names of ONNX Runtime's graph optimisation levels.
 OPT_LEVELS = {

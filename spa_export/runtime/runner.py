@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from spa_export.errors import InputError
+from spa_export.safety.errors import InputError
 
 #: A dimension of an input: an int when fixed, a str (symbolic name) or None when dynamic.
 Dim = int | str | None

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from spa_export.errors import BuildError, InputError, require_file
 from spa_export.runtime.runner import Dim, Feed, InputMetadata, Runner
+from spa_export.safety.errors import BuildError, InputError, require_file
 
 TENSORRT_MISSING = (
     "TensorRT is not installed: pip install 'spa-export[tensorrt]' on a machine with an NVIDIA GPU"

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from spa_export.errors import InputError
 from spa_export.runtime.runner import Feed, Runner
+from spa_export.safety.errors import InputError
 
 Progress = Callable[[str], None]
 

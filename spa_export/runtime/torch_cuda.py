@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from spa_export.errors import InputError
 from spa_export.runtime.runner import Feed, InputMetadata, Runner
+from spa_export.safety.errors import InputError
 
 PRECISIONS = ("fp32", "fp16")
 

@@ -1,4 +1,11 @@
-"""The SPA file format: data model, reader, writer and base digest."""
+"""The SPA file format alone: data model, reader, writer and base digest (docs/spa-format.md).
+
+What it holds: ``model`` (an SPA file in memory: ``SpaFile``, ``LayerSpa``), ``header`` (the
+safetensors header, parsed strictly), ``reader`` and ``writer`` (canonical bytes), ``digest`` (the
+base checkpoint's digest an SPA names) and ``projections`` (an attention's q/k/v as SPA layers).
+
+May import: spa_export.safety
+"""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import torch
 
-from spa_export.errors import InputError
+from spa_export.safety.errors import InputError
 
 #: torch dtype -> safetensors dtype name (only dtypes torch has in this build).
 _DTYPE_NAMES: dict[torch.dtype, str] = {}

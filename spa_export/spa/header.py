@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spa_export.errors import SpaFormatError, shown
+from spa_export.safety.errors import SpaFormatError, shown
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_NDIM = 32

@@ -1,9 +1,9 @@
-"""In-memory form of an SPA file (see ``shared/spec/spa-format.md``).
+"""In-memory form of an SPA file (see ``docs/spa-format.md``).
 
 :class:`LayerSpa` holds what one layer of the base network gets from the file,
 :class:`SpaFile` the whole file. Both validate themselves on construction at
 the *format* level (dtypes, ranks, shapes that the file alone determines);
-checks against a base network live in :mod:`spa_export.compat`.
+checks against a base network live in :mod:`spa_export.stages.compat`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from spa_export.errors import SpaFormatError
+from spa_export.safety.errors import SpaFormatError
 from spa_export.spa.digest import safetensors_dtype_name
 
 #: Dataclass attribute -> tensor field suffix in the file (``<module>.<suffix>``).

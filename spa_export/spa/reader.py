@@ -1,4 +1,4 @@
-"""Read and validate SPA files (format level; see :mod:`spa_export.compat` for base checks)."""
+"""Read and validate SPA files (format level; see :mod:`spa_export.stages.compat` for base checks)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load as _st_load
 
-from spa_export.errors import SpaFormatError, shown
+from spa_export.safety.errors import SpaFormatError, shown
 from spa_export.spa.header import parse_header, read_header
 from spa_export.spa.model import (
     OVERRIDE_PREFIX,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as _st_save
 
-from spa_export.errors import InputError, SpaFormatError
+from spa_export.safety.errors import InputError, SpaFormatError
 from spa_export.spa.model import OVERRIDE_PREFIX, LayerSpa, SpaFile, parse_tensor_name, tensor_name
 from spa_export.spa.reader import SPA_FORMAT, SPA_VERSION, check_metadata
 
@@ -97,9 +97,9 @@ def write_spa(spa: SpaFile, path: str | os.PathLike[str]) -> Path:
     """Write ``spa`` to ``path`` atomically (temp file in the same directory, fsync, rename).
 
     The caller decides whether ``path`` may be replaced
-    (:func:`spa_export.ownership.check_out_file`).
+    (:func:`spa_export.safety.ownership.check_out_file`).
     """
-    from spa_export.publish import atomic_write_bytes
+    from spa_export.safety.publish import atomic_write_bytes
 
     target = Path(path)
     data = spa_bytes(spa)

@@ -132,13 +132,13 @@ def test_bench_all_without_a_gpu_times_the_cpu_and_says_why_not_the_gpu(example,
 def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, example, tmp_path):
     from click.testing import CliRunner
 
-    import spa_export.pipeline
+    import spa_export.stages.pipeline
     from spa_export.cli.main import _register, cli
 
     def broken(opts):
         raise RuntimeError("something we did not foresee")
 
-    monkeypatch.setattr(spa_export.pipeline, "build", broken)
+    monkeypatch.setattr(spa_export.stages.pipeline, "build", broken)
     _register()
     result = CliRunner().invoke(cli, ["build", "--base", str(example / "tiny_resnet.safetensors"), "--spa",
                                       str(example / "tiny_resnet-example.spa"), "--input-shape", "1,3,32,32",

@@ -20,9 +20,9 @@ import os
 import sys
 import time
 
-from spa_export import pipeline
 from spa_export.cli import build_cmd
 from spa_export.cli.main import main
+from spa_export.stages import pipeline
 
 HOLD_S = 120.0
 PUBLISHED = "held: published"

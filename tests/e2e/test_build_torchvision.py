@@ -16,11 +16,11 @@ import pytest
 from onnx_shapes import mask_weight_shapes, max_rel_error, onnx_weight_shapes
 from safetensors.torch import save_file
 
-from spa_export.arch import build_model, resize_for_overrides
-from spa_export.pipeline import BuildOptions, build
-from spa_export.reference import build_reference
+from spa_export.nets.arch import build_model, resize_for_overrides
+from spa_export.pack.synth import random_base, synth_spa
 from spa_export.spa import write_spa
-from spa_export.synth import random_base, synth_spa
+from spa_export.stages.pipeline import BuildOptions, build
+from spa_export.stages.reference import build_reference
 
 TOLERANCE = 1e-4
 

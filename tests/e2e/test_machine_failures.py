@@ -53,7 +53,7 @@ def test_full_disk_leaves_the_earlier_output_and_nothing_else(small_disk: Path) 
 
 
 def test_simulated_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import spa_export.export as export
+    import spa_export.stages.export as export
 
     def full(model: object, shape: object, path: Path, **kw: object) -> None:
         path.write_bytes(b"half a model")

@@ -95,7 +95,7 @@ def test_shards_assembled_equal_the_single_machine_package(single: Path, tmp_pat
 def test_parts_whose_processors_chose_other_roundings_are_refused(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """round_to 'auto' follows the processor: an AVX2 runner's part and an AVX-512 one's differ."""
-    from spa_export.plan import rounding
+    from spa_export.stages.plan import rounding
 
     parts = [tmp_path / "p1", tmp_path / "p2"]
     monkeypatch.setattr(rounding, "cpu_flags", lambda: {"avx", "avx2", "avx512f"})

@@ -43,16 +43,17 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from spa_export.apply import apply_plan
-from spa_export.arch import build_model
-from spa_export.errors import SpaExportError, SpaFormatError, VerificationError
-from spa_export.load import load_inputs
-from spa_export.merge import merge
-from spa_export.metrics import count_params
-from spa_export.plan import make_plan
-from spa_export.reference import build_reference
+from spa_export.nets.arch import build_model
+from spa_export.nets.metrics import count_params
+from spa_export.pack.synth import random_base, synth_spa
+from spa_export.runtime.inputs import as_inputs
+from spa_export.safety.errors import SpaExportError, SpaFormatError, VerificationError
 from spa_export.spa import LayerSpa, make_spa, parse_spa_bytes, spa_bytes, write_spa
-from spa_export.synth import random_base, synth_spa
+from spa_export.stages.apply import apply_plan
+from spa_export.stages.load import load_inputs
+from spa_export.stages.merge import merge
+from spa_export.stages.plan import make_plan
+from spa_export.stages.reference import build_reference
 
 TINY = "spa_export.examples:tiny_resnet"
 RESNET18 = "torchvision:resnet18"
@@ -219,7 +220,7 @@ def _plan_in_float64(merged: nn.Module, r: Recipe):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # the tracer's probe input
     try:
-        plan64 = make_plan(merged64, r.shape, round_to=r.round_to)
+        plan64 = make_plan(merged64, as_inputs(r.shape), round_to=r.round_to)
         return plan64, apply_plan(merged64, plan64)
     finally:
         torch.set_default_dtype(previous)
@@ -251,7 +252,7 @@ def check_exact_or_clean(arch: str, r: Recipe, bases: Bases) -> None:
             write_spa(make_random_spa(arch, r), spa_path)
             loaded = load_inputs(bases.file(arch), spa_path)
             merged, _ = merge(loaded.model, loaded.spa)
-            plan = make_plan(merged, r.shape, round_to=r.round_to)
+            plan = make_plan(merged, as_inputs(r.shape), round_to=r.round_to)
             pruned = apply_plan(merged, plan)
         except SpaExportError as err:
             _event(f"clean error: {type(err).__name__}")
@@ -313,7 +314,7 @@ FULL_BUILDS = [
                                                               "mobilenet-per-layer"])
 def test_random_masks_full_build(arch: str, recipe: Recipe, bases: Bases, tmp_path: Path) -> None:
     """The whole pipeline, to a verified ONNX file: exact (verification passes) or an input error."""
-    from spa_export.pipeline import BuildOptions, build
+    from spa_export.stages.pipeline import BuildOptions, build
 
     spa_path = tmp_path / "task.spa"
     write_spa(make_random_spa(arch, recipe), spa_path)
@@ -578,7 +579,7 @@ def test_badly_conditioned_exact_build_verifies(bases: Bases, tmp_path: Path) ->
     """Found by test_random_masks_many: exact in float64 (error 3e-9 of 1.3e3), yet verification failed
     against the float32 reference alone (~1e-4 of the output scale off); verify.py now asks a float64
     reference before it fails a case."""
-    from spa_export.pipeline import BuildOptions, build
+    from spa_export.stages.pipeline import BuildOptions, build
 
     r = Recipe("per-layer", 0, 0.9359375901884335, 0.0, 0, size=37)
     check_exact_or_clean(MOBILENET, r, bases)  # the plan is exact

@@ -7,10 +7,10 @@ import onnxruntime as ort
 import torch
 from safetensors.torch import save_file
 
-from spa_export.pipeline import BuildOptions, build
-from spa_export.reference import build_reference
+from spa_export.pack.synth import random_base, synth_spa
 from spa_export.spa import write_spa
-from spa_export.synth import random_base, synth_spa
+from spa_export.stages.pipeline import BuildOptions, build
+from spa_export.stages.reference import build_reference
 
 ARCH = "spa_export.examples:two_heads"
 SHAPE = (1, 3, 16, 16)

@@ -21,10 +21,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spa_export.inputs import as_inputs
-from spa_export.reference import build_reference
+from spa_export.pack.synth import random_base, synth_spa
+from spa_export.runtime.inputs import as_inputs
 from spa_export.spa import read_spa, write_spa
-from spa_export.synth import random_base, synth_spa
+from spa_export.stages.reference import build_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 ARCH = "spa_export.examples:token_classifier"

@@ -17,11 +17,12 @@ import pytest
 import torch
 import torchvision
 
-from spa_export.arch import build_model, load_into, resize_for_overrides
-from spa_export.merge import merge
-from spa_export.plan import make_plan
-from spa_export.reference import build_reference
-from spa_export.synth import random_base, synth_spa
+from spa_export.nets.arch import build_model, load_into, resize_for_overrides
+from spa_export.pack.synth import random_base, synth_spa
+from spa_export.runtime.inputs import as_inputs
+from spa_export.stages.merge import merge
+from spa_export.stages.plan import make_plan
+from spa_export.stages.reference import build_reference
 
 LARGE_INPUT = {"inception_v3": 96, "vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224, "vit_l_32": 224,
                "vit_h_14": 224, "swin_t": 64, "swin_s": 64, "swin_b": 64, "swin_v2_t": 64, "swin_v2_s": 64,
@@ -41,9 +42,9 @@ def _check(name: str, masks: str, default_size: int = 32) -> tuple[int, int]:
     resize_for_overrides(model, spa.overrides)
     load_into(model, base)
     merged, _ = merge(model, spa)
-    from spa_export.apply import apply_plan
+    from spa_export.stages.apply import apply_plan
 
-    plan = make_plan(merged, shape)
+    plan = make_plan(merged, as_inputs(shape))
     pruned = apply_plan(merged, plan)
     reference = build_reference(arch, base, spa)
     x = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(5))

@@ -11,11 +11,11 @@ from torch.nn.utils import prune
 
 sp_adapters = pytest.importorskip("sp_adapters")
 
-from spa_export.errors import InputError  # noqa: E402
 from spa_export.examples import prune_output_channels  # noqa: E402
 from spa_export.pack import pack_model  # noqa: E402
 from spa_export.pack.masks import binary_mask, find_masks  # noqa: E402
-from spa_export.reference import build_reference  # noqa: E402
+from spa_export.safety.errors import InputError  # noqa: E402
+from spa_export.stages.reference import build_reference  # noqa: E402
 
 ARCH = "factories_pack:small"
 SHAPE = (1, 3, 8, 8)

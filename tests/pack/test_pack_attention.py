@@ -29,8 +29,8 @@ from onnx_shapes import max_rel_error, onnx_weight_shapes  # noqa: E402
 
 from spa_export.examples import prune_output_channels  # noqa: E402
 from spa_export.pack import pack_model  # noqa: E402
+from spa_export.pack.synth import random_base  # noqa: E402
 from spa_export.spa import read_spa, spa_bytes  # noqa: E402
-from spa_export.synth import random_base  # noqa: E402
 
 ARCH = "spa_export.examples:tiny_vit"
 SHAPE = (1, 3, 32, 32)
@@ -39,7 +39,7 @@ LAYERS = ("encoder_layer_0", "encoder_layer_1")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module, dict]:
-    from spa_export.arch import build_model
+    from spa_export.nets.arch import build_model
 
     root = tmp_path_factory.mktemp("vit")
     base = random_base(ARCH, SHAPE, seed=0)

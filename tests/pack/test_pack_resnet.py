@@ -29,8 +29,8 @@ from onnx_shapes import max_rel_error  # noqa: E402
 
 from spa_export.examples import prune_output_channels  # noqa: E402
 from spa_export.pack import pack_model  # noqa: E402
+from spa_export.pack.synth import random_base  # noqa: E402
 from spa_export.spa import read_spa, spa_bytes  # noqa: E402
-from spa_export.synth import random_base  # noqa: E402
 
 ARCH = "torchvision:resnet18"
 SHAPE = (1, 3, 32, 32)

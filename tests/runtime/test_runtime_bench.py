@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from tiny_onnx import make_conv
 
-from spa_export.errors import InputError
 from spa_export.runtime.bench import benchmark, random_feed, speedups
 from spa_export.runtime.onnxrt import cuda_provider_available
 from spa_export.runtime.tensorrt import gpu_unavailable_reason
 from spa_export.runtime.timing import TimingConfig
+from spa_export.safety.errors import InputError
 
 FAST = TimingConfig(budget_s=0.05, warmup_runs=1, min_iterations=5, block_runs=5)
 ENTRY_KEYS = {"device", "runtime", "provider", "model", "batch", "threads", "opt_level",

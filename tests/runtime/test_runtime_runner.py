@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from tiny_onnx import make_conv
 
-from spa_export.errors import InputError
 from spa_export.runtime import environment
 from spa_export.runtime.onnxrt import OnnxRuntimeRunner
 from spa_export.runtime.runner import Runner, RunnerStateError
+from spa_export.safety.errors import InputError
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from tiny_onnx import make_conv
 
-from spa_export.errors import InputError
 from spa_export.runtime.engine import (
     build_engine,
     engine_path_for,
@@ -26,6 +25,7 @@ from spa_export.runtime.tensorrt import (
     metadata_path,
     read_engine_metadata,
 )
+from spa_export.safety.errors import InputError
 
 META = {"tensorrt_version": "10.3.0", "precision": "fp16",
         "gpu": {"name": "Orin", "compute_capability": "8.7"}}

@@ -10,7 +10,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from spa_export.errors import InputError
 from spa_export.runtime.onnxrt import OnnxRuntimeRunner
 from spa_export.runtime.runner import Feed, InputMetadata, Runner
 from spa_export.runtime.timing import (
@@ -21,6 +20,7 @@ from spa_export.runtime.timing import (
     summarize,
     time_runner,
 )
+from spa_export.safety.errors import InputError
 
 
 class FakeRunner(Runner):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from spa_export.errors import InputError
 from spa_export.runtime.bench import GPU_TOLERANCE, benchmark
 from spa_export.runtime.tensorrt import gpu_unavailable_reason
 from spa_export.runtime.timing import TimingConfig
 from spa_export.runtime.torch_cuda import TorchCudaRunner, cuda_unavailable_reason
+from spa_export.safety.errors import InputError
 
 FAST = TimingConfig(budget_s=0.05, warmup_runs=1, min_iterations=5, block_runs=5)
 HAS_CUDA = torch.cuda.is_available()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from spa_export.errors import SpaFormatError
+from spa_export.safety.errors import SpaFormatError
 from spa_export.spa import parse_spa_bytes, read_spa
 
 META = {"spa.format": "spa", "spa.version": "1"}

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spa_export.errors import InputError
+from spa_export.safety.errors import InputError
 from spa_export.spa import file_sha256, safetensors_dtype_name, state_dict_digest
 
 

@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spa_export.errors import SpaFormatError
+from spa_export.safety.errors import SpaFormatError
 from spa_export.spa import LayerSpa, make_spa, parse_spa_bytes, spa_bytes
 
 

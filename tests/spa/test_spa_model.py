@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spa_export.errors import SpaFormatError
+from spa_export.safety.errors import SpaFormatError
 from spa_export.spa import LayerSpa, make_spa
 from spa_export.spa.model import parse_tensor_name
 

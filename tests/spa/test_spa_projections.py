@@ -6,18 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from spa_export.compat import check_compatible
-from spa_export.errors import SpaCompatibilityError
-from spa_export.merge import merge
-from spa_export.reference import build_reference
+from spa_export.safety.errors import SpaCompatibilityError
 from spa_export.spa import LayerSpa, make_spa
 from spa_export.spa.projections import split_name, with_projections
+from spa_export.stages.compat import check_compatible
+from spa_export.stages.merge import merge
+from spa_export.stages.reference import build_reference
 
 ARCH = "spa_export.examples:token_encoder"
 
 
 def _base() -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    from spa_export.arch import build_model
+    from spa_export.nets.arch import build_model
 
     torch.manual_seed(0)
     model = build_model(ARCH).eval()

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from spa_export.errors import InputError, SpaFormatError
+from spa_export.safety.errors import InputError, SpaFormatError
 from spa_export.spa import (
     LayerSpa,
     SpaFile,

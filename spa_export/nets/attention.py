@@ -1,0 +1,103 @@
+"""Multi-head attention with heads (and channels of heads) removed.
+
+``nn.MultiheadAttention`` ties the inner width to its input width (``heads x
+head_dim == embed_dim``) and gives query, key and value one head dimension,
+so a pruned attention cannot be one. :class:`PrunedAttention` computes what
+``nn.MultiheadAttention`` computes in eval mode, for its kept heads only,
+with plain ``nn.Linear`` projections (so every runtime sees ordinary
+matrix products) and the original scale. It takes the same call and returns
+``(output, None)``: the plan keeps every head where the network reads the
+attention weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PrunedAttention(nn.Module):
+    # Read by nn.TransformerEncoderLayer to choose its fused fast path: this module takes the regular one.
+    _qkv_same_embed_dim = False
+    in_proj_weight = None
+    in_proj_bias = None
+
+    def __init__(self, q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear, out_proj: nn.Linear, *,
+                 num_heads: int, scale: float, batch_first: bool, heads: list[int], total_heads: int) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = q_proj, k_proj, v_proj, out_proj
+        self.num_heads = num_heads
+        self.scale = scale
+        self.batch_first = batch_first
+        self.total_heads = total_heads   # of the original module: a per-head mask is given for all of them
+        self.register_buffer("heads", torch.as_tensor(heads, dtype=torch.long), persistent=False)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, None]:
+        # ``is_causal`` is a hint in nn.MultiheadAttention: the mask it describes is ``attn_mask``.
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        if not self.batch_first or unbatched:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        n, t, s = query.shape[0], query.shape[1], key.shape[1]
+        q = self._split(self.q_proj(query), n, t)
+        k = self._split(self.k_proj(key), n, s)
+        v = self._split(self.v_proj(value), n, s)
+        scores = torch.matmul(q * self.scale, k.transpose(-2, -1))           # [N, H, T, S]
+        if attn_mask is not None:
+            mask = _additive(attn_mask, scores.dtype)
+            if mask.dim() == 3:                                               # [N * H_all, T, S]
+                mask = mask.reshape(n, self.total_heads, t, s).index_select(1, self.heads)
+            scores = scores + mask
+        if key_padding_mask is not None:
+            scores = scores + _additive(key_padding_mask, scores.dtype).reshape(n, 1, 1, s)
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)                  # [N, H, T, dv]
+        out = self.out_proj(out.transpose(1, 2).reshape(n, t, -1))
+        if not self.batch_first or unbatched:
+            out = out.transpose(0, 1)
+        return (out.squeeze(1) if unbatched else out), None
+
+    def _split(self, x: torch.Tensor, n: int, length: int) -> torch.Tensor:
+        return x.reshape(n, length, self.num_heads, -1).transpose(1, 2)
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask (True: not attended) as ``-inf``/0; a float mask as it is."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+    return mask.to(dtype)
+
+
+def projections(mod: nn.MultiheadAttention) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """The query, key and value weights and biases of ``mod`` (views, not copies)."""
+    e = mod.embed_dim
+    if mod._qkv_same_embed_dim:
+        weights = list(mod.in_proj_weight.detach().split(e))
+    else:
+        weights = [mod.q_proj_weight.detach(), mod.k_proj_weight.detach(), mod.v_proj_weight.detach()]
+    bias = mod.in_proj_bias
+    biases = [None] * 3 if bias is None else list(bias.detach().split(e))
+    return weights, biases
+
+
+
+def attention_macs(mod: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> int:
+    """Multiply-accumulates of one sample through ``mod``'s projections and head products.
+
+    For :class:`PrunedAttention` only the head products: its projections are
+    ``nn.Linear`` modules, counted as such.
+    """
+    batched = query.dim() == 3
+    seq = 1 if (not batched or getattr(mod, "batch_first", False)) else 0
+    t, s = query.shape[seq], key.shape[seq]
+    if isinstance(mod, PrunedAttention):
+        heads_qk, heads_v = mod.q_proj.out_features, mod.v_proj.out_features
+        return t * s * (heads_qk + heads_v)
+    e = mod.embed_dim
+    projections_macs = t * e * query.shape[-1] + s * e * (key.shape[-1] + value.shape[-1]) + t * e * e
+    return projections_macs + 2 * t * s * e

@@ -1,0 +1,183 @@
+"""Apply a :class:`~spa_export.stages.plan.PrunePlan` once: a smaller plain PyTorch network.
+
+Works on a copy; the caller's network is never modified. Every module named
+in the plan is replaced by a standard module of the smaller shape, with the
+kept slices of its parameters. Constant contributions go into the consumer's
+bias, or, where they vary over positions, into an :class:`AddConstant` after
+it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from spa_export.nets.arch import set_submodule
+from spa_export.nets.attention import PrunedAttention, projections
+from spa_export.nets.modcopy import check_complete, copy_leaving
+from spa_export.safety.errors import BuildError
+from spa_export.stages.plan.heads import AttentionPlan
+from spa_export.stages.plan.model import ConstantFold, ModulePlan, PrunePlan
+
+
+class AddConstant(nn.Module):
+    """``module(x) + constant``: a consumer plus the fixed contribution of removed channels."""
+
+    def __init__(self, module: nn.Module, constant: torch.Tensor) -> None:
+        super().__init__()
+        self.module = module
+        self.register_buffer("constant", constant.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x) + self.constant
+
+
+def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
+    """Return a pruned copy of ``model`` (the merged network the plan was made on)."""
+    # The layers the plan replaces are read from ``model``: their tensors are not copied.
+    heads = {name: ap for name, ap in plan.attention.items() if ap.changed}
+    pruned = copy_leaving(model, [(name, None) for name in [*plan.modules, *heads]]).eval()
+    with torch.no_grad():
+        for name, mp in plan.modules.items():
+            set_submodule(pruned, name, _slice(model.get_submodule(name), name, mp))
+        for name, ap in heads.items():
+            set_submodule(pruned, name, prune_attention(model.get_submodule(name), ap))
+        for name, fold in plan.folds.items():
+            mp = plan.modules.get(name)
+            set_submodule(pruned, name, _fold(pruned.get_submodule(name), fold, mp))
+    check_complete(pruned, "channel removal")
+    return pruned
+
+
+def _index(keep: list[int] | None, size: int) -> torch.Tensor:
+    return torch.arange(size) if keep is None else torch.as_tensor(keep, dtype=torch.long)
+
+
+def _slice(mod: nn.Module, name: str, mp: ModulePlan) -> nn.Module:
+    if mp.kind == "batchnorm":
+        return _slice_bn(mod, _index(mp.out_keep, mod.num_features))
+    if mp.kind == "depthwise":
+        keep = _index(mp.out_keep, mod.out_channels)
+        new = _conv_like(mod, len(keep), len(keep), len(keep))
+        new.weight.copy_(mod.weight[keep])
+        if mod.bias is not None:
+            new.bias.copy_(mod.bias[keep])
+        return new
+    if mp.kind == "linear":
+        out_i, in_i = _index(mp.out_keep, mod.out_features), _index(mp.in_keep, mod.in_features)
+        new = _linear_like(mod, len(in_i), len(out_i), bias=mod.bias is not None)
+        new.weight.copy_(mod.weight[out_i][:, in_i])
+        if mod.bias is not None:
+            new.bias.copy_(mod.bias[out_i])
+        return new
+    return _slice_conv(mod, name, mp)
+
+
+def _slice_conv(mod: nn.Module, name: str, mp: ModulePlan) -> nn.Module:
+    g = mod.groups
+    out_i, in_i = _index(mp.out_keep, mod.out_channels), _index(mp.in_keep, mod.in_channels)
+    if g == 1:  # plain rows and columns: no groups to keep equal, no per-row gather to build
+        if not len(in_i) or not len(out_i):
+            raise BuildError(f"internal error: the plan leaves no channels in '{name}'")
+        new = _conv_like(mod, len(in_i), len(out_i), g)
+        new.weight.copy_(mod.weight[out_i][:, in_i])
+        if mod.bias is not None:
+            new.bias.copy_(mod.bias[out_i])
+        return new
+    per_in, per_out = mod.in_channels // g, mod.out_channels // g
+    local = [[int(i) - j * per_in for i in in_i.tolist() if int(i) // per_in == j] for j in range(g)]
+    outs = [[int(o) for o in out_i.tolist() if int(o) // per_out == j] for j in range(g)]
+    if len({len(x) for x in local}) != 1 or len({len(x) for x in outs}) != 1 or not local[0] or not outs[0]:
+        raise BuildError(f"internal error: the plan leaves unequal groups in '{name}'")
+    new = _conv_like(mod, len(in_i), len(out_i), g)
+    cols = torch.as_tensor([local[int(o) // per_out] for o in out_i.tolist()], dtype=torch.long)
+    w = mod.weight[out_i]
+    new.weight.copy_(torch.gather(w, 1, cols.view(*cols.shape, *([1] * (w.dim() - 2))).expand(
+        -1, -1, *w.shape[2:])))
+    if mod.bias is not None:
+        new.bias.copy_(mod.bias[out_i])
+    return new
+
+
+def _conv_like(mod: nn.Module, cin: int, cout: int, groups: int, *, bias: bool | None = None) -> nn.Module:
+    """An empty convolution like ``mod`` (made on the meta device: no random initialisation
+    to pay for, every value is copied in by the caller)."""
+    new = type(mod)(
+        cin, cout, mod.kernel_size, stride=mod.stride, padding=mod.padding, dilation=mod.dilation,
+        groups=groups, bias=(mod.bias is not None) if bias is None else bias,
+        padding_mode=mod.padding_mode, device="meta", dtype=mod.weight.dtype,
+    )
+    return new.to_empty(device=mod.weight.device).eval()
+
+
+def _linear_like(mod: nn.Linear, fin: int, fout: int, *, bias: bool) -> nn.Linear:
+    """An empty linear layer (made on the meta device, like :func:`_conv_like`)."""
+    new = nn.Linear(fin, fout, bias=bias, device="meta", dtype=mod.weight.dtype)
+    return new.to_empty(device=mod.weight.device).eval()
+
+
+def _slice_bn(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
+    new = type(mod)(len(keep), eps=mod.eps, momentum=mod.momentum, affine=mod.affine,
+                    track_running_stats=mod.track_running_stats).eval()
+    if mod.affine:
+        new.weight.copy_(mod.weight[keep])
+        new.bias.copy_(mod.bias[keep])
+    new.running_mean.copy_(mod.running_mean[keep])
+    new.running_var.copy_(mod.running_var[keep])
+    if mod.num_batches_tracked is not None:
+        new.num_batches_tracked.copy_(mod.num_batches_tracked)
+    return new
+
+
+def _fold(mod: nn.Module, fold: ConstantFold, mp: ModulePlan | None) -> nn.Module:
+    out_i = _index(mp.out_keep if mp else None, fold.bias.shape[0] if fold.bias is not None
+                   else fold.tensor.shape[fold.channel_axis])
+    if fold.tensor is not None:  # after a conv or linear layer, or after the batch-norm that follows one
+        return AddConstant(mod, fold.tensor.index_select(fold.channel_axis, out_i))
+    size = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+    delta = fold.bias[out_i].to(mod.weight.dtype)
+    if len(delta) != size:
+        raise BuildError(f"internal error: constant fold for '{fold.module}' has {len(delta)} channels, "
+                         f"the layer {size}")
+    if mod.bias is None:
+        if isinstance(mod, nn.Linear):
+            new = _linear_like(mod, mod.in_features, mod.out_features, bias=True)
+        else:
+            new = _conv_like(mod, mod.in_channels, mod.out_channels, mod.groups, bias=True)
+        new.weight.copy_(mod.weight)
+        new.bias.zero_()
+        mod = new
+    mod.bias.add_(delta)
+    return mod
+
+
+def _attention_linear(weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor,
+                      cols: torch.Tensor | None = None) -> nn.Linear:
+    w = weight.index_select(0, rows)
+    if cols is not None:
+        w = w.index_select(1, cols)
+    new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
+    new = new.to_empty(device=weight.device).eval()
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if bias is not None:
+            new.bias.copy_(bias if cols is not None else bias.index_select(0, rows))
+    return new
+
+
+def prune_attention(mod: nn.MultiheadAttention, plan: AttentionPlan) -> PrunedAttention:
+    """``mod`` with only the plan's heads and channels (a new module; ``mod`` is not changed)."""
+    d = plan.head_dim
+    qk = torch.as_tensor([h * d + c for h, cs in zip(plan.heads, plan.qk, strict=True) for c in cs])
+    v = torch.as_tensor([h * d + c for h, cs in zip(plan.heads, plan.v, strict=True) for c in cs])
+    (wq, wk, wv), (bq, bk, bv) = projections(mod)
+    out = mod.out_proj
+    out_bias = None if out.bias is None else out.bias.detach()
+    return PrunedAttention(
+        _attention_linear(wq, bq, qk), _attention_linear(wk, bk, qk), _attention_linear(wv, bv, v),
+        _attention_linear(out.weight.detach(), out_bias, torch.arange(out.out_features), v),
+        num_heads=len(plan.heads), scale=1.0 / math.sqrt(d), batch_first=mod.batch_first,
+        heads=plan.heads, total_heads=plan.num_heads,
+    ).eval()

@@ -1,0 +1,500 @@
+"""Trace a network and follow its channels.
+
+:func:`trace_channels` runs the network once under :mod:`torch.fx` on a probe
+batch and records, for every tensor, which *channel ids* it carries along its
+channel axis and which of those channels depend on the input. The channel
+axis is dimension 1 (``[N, C, ...]``), or the last one where a linear layer
+reads or writes features of tokens (``[N, T, D]``, ``[N, H, W, C]``: a
+transformer's MLP); an operation that would move channels between the two
+is not followed.
+Channel ids are created by producers (convolutions, linear layers, the
+network input, operations we do not understand); operations that act on each
+channel by itself pass their input's ids on; elementwise combinations unite
+the ids of their operands; concatenation joins them. Two channels with the
+same root id (after :class:`~spa_export.stages.plan.unionfind.UnionFind`) must be
+removed together or kept together: that is the dependency group at channel
+granularity, in original indices, on the unpruned network.
+
+The probe batch holds two different random samples. A channel that the
+analysis calls input-independent must hold the same value in both; where it
+does not, the channel is treated as input-dependent (the safe side).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from spa_export.runtime.inputs import Inputs, random_tensors
+from spa_export.safety.errors import ArchitectureError
+from spa_export.stages.plan import ops
+from spa_export.stages.plan.model import STREAM_REASON
+from spa_export.stages.plan.unionfind import UnionFind
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class Slot:
+    """Channel ids and input dependence of one tensor."""
+
+    ids: np.ndarray
+    dep: np.ndarray
+    axis: int = 1  # 1, or -1: features on the last axis (a 2-D tensor's are always 1)
+
+
+@dataclass
+class ConsumerUse:
+    """A convolution or linear layer reading channels through its weights."""
+
+    module: str
+    ids: np.ndarray          # id per input position (per feature for a Linear)
+    dep: np.ndarray
+    unread: np.ndarray       # weight columns that are zero for every output
+    groups: int
+    value: torch.Tensor      # its probe input at the input-independent positions only (sample 0)
+    shape: tuple[int, ...]   # the probe input's shape for one sample (batch axis 1)
+    axis: int = 1            # where ``value``'s channels are: 1, or -1 (a Linear over tokens)
+
+    @property
+    def channel_dim(self) -> int:
+        """The dimension of the probe input (and of ``value``) that holds the channels."""
+        return _dim(self.axis, self.value)
+
+
+@dataclass
+class Producer:
+    """Where channel ids are created: a layer's outputs, the input, a barrier's outputs."""
+
+    label: str
+    ids: np.ndarray
+    groups: int = 1
+    module: str | None = None  # set for conv/linear outputs that can shrink
+    dep: np.ndarray | None = None  # which outputs depend on the input (None: all)
+
+
+@dataclass
+class Member:
+    """A module with per-channel parameters that follows its channels (batch-norm, depthwise conv)."""
+
+    module: str
+    kind: str
+    ids: np.ndarray
+
+
+@dataclass
+class ChannelGraph:
+    uf: UnionFind = field(default_factory=UnionFind)
+    fixed: dict[int, str] = field(default_factory=dict)       # id -> why it cannot go
+    holds: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    consumers: list[ConsumerUse] = field(default_factory=list)
+    producers: list[Producer] = field(default_factory=list)
+    members: list[Member] = field(default_factory=list)
+    spaces: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    #: convolution -> the batch-norm that is the only reader of its output (both called once)
+    followers: dict[str, str] = field(default_factory=dict)
+    #: nn.MultiheadAttention modules whose heads may go -> whether the network reads their weights
+    attention: dict[str, bool] = field(default_factory=dict)
+
+    def new_ids(self, n: int, label: str, *, fixed_reason: str | None = None) -> np.ndarray:
+        ids = self.uf.new(n)
+        if fixed_reason is not None:
+            for i in ids.tolist():
+                self.fixed[i] = fixed_reason
+        return ids
+
+
+def trace_channels(model: nn.Module, inputs: Inputs, *, seed: int = 0) -> ChannelGraph:
+    """Trace ``model`` (not modified, not copied) on a probe of two samples of ``inputs``.
+
+    ``inputs``: :class:`~spa_export.runtime.inputs.InputSpec` s, in the order of ``forward``'s arguments.
+    """
+    specs = inputs
+    try:
+        gm = fx.GraphModule(model, _Tracer().trace(model))  # shares the model's modules, changes none
+    except Exception as err:
+        raise ArchitectureError(
+            f"the network cannot be traced with torch.fx ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from err
+    probe = random_tensors(specs, 2, torch.Generator().manual_seed(seed))
+    graph = ChannelGraph(modules=dict(gm.named_modules()))
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    with torch.no_grad():
+        _Interpreter(gm, graph, calls).run(*probe)
+    return graph
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, entering ``nn.TransformerEncoder`` and its layers (leaves by default).
+
+    Their ``forward`` chooses a fused fast path by inspecting tensors, which a
+    symbolic trace cannot; the regular path they compute in eval mode is
+    written out here, calling the same submodules, so that their linear
+    layers and attention are seen by name.
+    """
+
+    def call_module(self, m: nn.Module, forward: object, args: tuple, kwargs: dict) -> object:
+        if type(m) is nn.TransformerEncoderLayer:
+            return _encoder_layer(m, *args, **kwargs)
+        if type(m) is nn.TransformerEncoder:
+            return _encoder(m, *args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+
+def _encoder_layer(m: nn.TransformerEncoderLayer, src: object, src_mask: object = None,
+                   src_key_padding_mask: object = None, is_causal: bool = False) -> object:
+    def attend(x: object) -> object:
+        out = m.self_attn(x, x, x, attn_mask=src_mask, key_padding_mask=src_key_padding_mask, need_weights=False)
+        return m.dropout1(out[0])
+
+    def feed_forward(x: object) -> object:
+        return m.dropout2(m.linear2(m.dropout(m.activation(m.linear1(x)))))
+
+    if m.norm_first:
+        x = src + attend(m.norm1(src))
+        return x + feed_forward(m.norm2(x))
+    x = m.norm1(src + attend(src))
+    return m.norm2(x + feed_forward(x))
+
+
+def _encoder(m: nn.TransformerEncoder, src: object, mask: object = None, src_key_padding_mask: object = None,
+             is_causal: bool | None = None) -> object:
+    out = src
+    for layer in m.layers:
+        out = layer(out, src_mask=mask, src_key_padding_mask=src_key_padding_mask)
+    return out if m.norm is None else m.norm(out)
+
+
+class _Interpreter(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, graph: ChannelGraph, calls: Counter) -> None:
+        super().__init__(gm)
+        self.g = graph
+        self.calls = calls
+        self.slots: dict[str, Slot] = {}
+        self.items: dict[str, tuple[Slot | None, ...]] = {}   # slots of tuple outputs (attention)
+
+    # -- helpers -------------------------------------------------------------------------
+    def slot_of(self, arg: object) -> Slot | None:
+        return self.slots.get(arg.name) if isinstance(arg, fx.Node) else None
+
+    def fresh(self, n: fx.Node, result: object, reason: str) -> Slot | None:
+        if isinstance(result, torch.Tensor) and result.dim() >= 2:
+            ids = self.g.new_ids(int(result.shape[1]), n.name, fixed_reason=reason)
+            self.g.producers.append(Producer(n.name, ids))
+            return Slot(ids, np.ones(len(ids), dtype=bool))
+        return None
+
+    def barrier(self, n: fx.Node, result: object, what: str) -> Slot | None:
+        reason = f"read by '{n.name}' ({what}), which mixes channels or is not understood"
+        for arg in n.all_input_nodes:
+            s = self.slots.get(arg.name)
+            if s is not None:
+                self.g.holds.append((s.ids, reason))
+        return self.fresh(n, result, f"produced by '{n.name}' ({what})")
+
+    # -- the walk ------------------------------------------------------------------------
+    def run_node(self, n: fx.Node) -> object:
+        if n.op == "call_function" and n.target in ops.OUT_OF_PLACE:
+            n.target = ops.OUT_OF_PLACE[n.target]
+        if n.op in ("call_function", "call_method") and n.kwargs.get("inplace"):
+            n.kwargs = {**n.kwargs, "inplace": False}
+        if n.op == "call_method" and isinstance(n.target, str) and n.target.endswith("_") \
+                and not n.target.startswith("_"):
+            n.target = n.target[:-1]
+        if n.op == "call_module" and getattr(self.g.modules[n.target], "inplace", False):
+            # Run an in-place module on a copy, so that every recorded value stays what its readers saw.
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+            result = self.call_module(n.target, args, kwargs)
+        else:
+            result = super().run_node(n)
+        slot = self.analyse(n, result)
+        if slot is not None:
+            if isinstance(result, torch.Tensor):
+                if slot.axis == -1 and result.dim() == 2:
+                    slot = Slot(slot.ids, slot.dep)  # the last axis of a 2-D tensor is dimension 1
+                slot = _check_constant(slot, result)
+            self.slots[n.name] = slot
+            self.g.spaces.append((n.name, slot.ids))
+        return result
+
+    def analyse(self, n: fx.Node, result: object) -> Slot | None:
+        if n.op == "placeholder":
+            return self.fresh(n, result, "the network input")
+        if n.op == "get_attr":
+            if isinstance(result, torch.Tensor) and result.dim() >= 2:
+                ids = self.g.new_ids(int(result.shape[1]), n.name, fixed_reason=f"a constant '{n.target}'")
+                return Slot(ids, np.zeros(len(ids), dtype=bool))
+            return None
+        if n.op == "output":
+            for arg in n.all_input_nodes:
+                s = self.slots.get(arg.name)
+                if s is not None:
+                    self.g.holds.append((s.ids, "reaches the network output"))
+            return None
+        if n.op == "call_module":
+            return self.on_module(n, result)
+        return self.on_function(n, result)
+
+    def on_module(self, n: fx.Node, result: object) -> Slot | None:
+        mod = self.g.modules[n.target]
+        kind = type(mod).__name__
+        x = self.slot_of(n.args[0]) if n.args else None
+        stateful = any(True for _ in mod.parameters()) or any(True for _ in mod.buffers())
+        if self.calls[n.target] > 1 and stateful:
+            return self.barrier(n, result, f"{kind} called more than once")
+        if type(mod) is nn.MultiheadAttention:
+            return self.attention(n, mod, result)
+        if x is None or not isinstance(result, torch.Tensor) or len(n.args) != 1 or n.kwargs:
+            return self.barrier(n, result, kind)
+        value = self.env[n.args[0]]
+        if type(mod) is nn.Linear and value.dim() >= 3:
+            return self.linear_last(n, mod, x, value)
+        if kind in ops.UNARY_MODULE_NAMES and _same_channels(value, result, x.axis):
+            return x
+        if x.axis != 1:
+            return self.barrier(n, result, f"{kind} on features along the last axis")
+        if type(mod) in _CONV and mod.padding_mode == "zeros" and value.dim() == mod.weight.dim():
+            return self.conv(n, mod, x, value)
+        if type(mod) is nn.Linear and value.dim() == 2:
+            return self.linear(n, mod, x, value)
+        if type(mod) in _BN and mod.track_running_stats and mod.running_mean is not None:
+            self.g.members.append(Member(n.target, "batchnorm", x.ids))
+            src = n.args[0]
+            if (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
+                    and type(self.g.modules[src.target]) in _CONV and self.calls[src.target] == 1):
+                self.g.followers[src.target] = n.target
+            return x
+        if type(mod) is nn.Flatten and mod.start_dim == 1 and mod.end_dim == -1:
+            return _flatten(x, value)
+        return self.barrier(n, result, kind)
+
+    def conv(self, n: fx.Node, mod: nn.Module, x: Slot, value: torch.Tensor) -> Slot:
+        cout, cin, g = mod.out_channels, mod.in_channels, mod.groups
+        nz = (mod.weight.detach() != 0).reshape(cout, cin // g, -1).any(-1).numpy()
+        if g > 1 and g == cin == cout:
+            self.g.members.append(Member(n.target, "depthwise", x.ids))
+            return Slot(x.ids, x.dep & nz[:, 0])
+        per_in, per_out = cin // g, cout // g
+        read = np.zeros(cin, dtype=bool)
+        for j in range(g):
+            read[j * per_in:(j + 1) * per_in] = nz[j * per_out:(j + 1) * per_out].any(0)
+        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~read, g, *_constant_part(value, x.dep)))
+        ids = self.g.new_ids(cout, n.target)
+        dep_in = x.dep.reshape(g, per_in)[np.arange(cout) // per_out]
+        dep = (nz & dep_in).any(1)
+        self.g.producers.append(Producer(n.target, ids, g, module=n.target, dep=dep))
+        return Slot(ids, dep)
+
+    def linear(self, n: fx.Node, mod: nn.Linear, x: Slot, value: torch.Tensor) -> Slot:
+        nz = (mod.weight.detach() != 0).numpy()
+        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~nz.any(0), 1, *_constant_part(value, x.dep)))
+        ids = self.g.new_ids(mod.out_features, n.target)
+        dep = (nz & x.dep[None, :]).any(1)
+        self.g.producers.append(Producer(n.target, ids, 1, module=n.target, dep=dep))
+        return Slot(ids, dep)
+
+    def linear_last(self, n: fx.Node, mod: nn.Linear, x: Slot, value: torch.Tensor) -> Slot:
+        """A Linear layer on ``[N, ..., features]``: it reads and writes features on the last axis."""
+        if x.axis != -1 or len(x.ids) != mod.in_features:
+            # its input's features were not followed (a layer norm's output, a reshape): they stay
+            reason = f"read by '{n.name}' (Linear over the last axis) from an operation not followed"
+            self.g.holds.append((x.ids, reason))
+            ids = self.g.new_ids(mod.in_features, n.name, fixed_reason=reason)
+            x = Slot(ids, np.ones(len(ids), dtype=bool), -1)
+        nz = (mod.weight.detach() != 0).numpy()
+        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~nz.any(0), 1,
+                                            *_constant_part(value, x.dep, -1), axis=-1))
+        ids = self.g.new_ids(mod.out_features, n.target)
+        dep = (nz & x.dep[None, :]).any(1)
+        self.g.producers.append(Producer(n.target, ids, 1, module=n.target, dep=dep))
+        return Slot(ids, dep, -1)
+
+    def attention(self, n: fx.Node, mod: nn.MultiheadAttention, result: object) -> None:
+        """Self- or cross-attention: its inputs and outputs stay, its heads are planned apart."""
+        reason = f"read by attention '{n.target}' (its input features stay)"
+        for arg in n.all_input_nodes:
+            s = self.slots.get(arg.name)
+            if s is not None:
+                self.g.holds.append((s.ids, reason))
+        if not isinstance(result, tuple) or not isinstance(result[0], torch.Tensor) or result[0].dim() < 2:
+            return None
+        out = result[0]
+        ids = self.g.new_ids(int(out.shape[-1]), n.name)
+        self.g.holds.append((ids, f"the output of attention '{n.target}'"))
+        self.g.producers.append(Producer(n.name, ids))
+        self.items[n.name] = (Slot(ids, np.ones(len(ids), dtype=bool), -1), None)
+        self.g.attention[n.target] = _reads_weights(n)
+        return None
+
+    def opaque(self, s: Slot) -> bool:
+        return all(int(i) in self.g.fixed for i in s.ids)
+
+    def on_axis(self, s: Slot, axis: int, value: torch.Tensor, n: fx.Node) -> Slot:
+        """``s`` along ``axis``, where every channel of ``s`` stays anyway (else ``s`` as it is).
+
+        A tensor made by an operation not followed (a reshape into tokens, a
+        class token concatenated) has fixed ids along dimension 1; added to
+        features on the last axis (the residual stream of a transformer), its
+        features stay, and so do those they are added to: one group for the
+        whole stream, not one per block.
+        """
+        if s.axis == axis or not self.opaque(s):
+            return s
+        reason = f"{STREAM_REASON} (features added along it stay wherever any of them is normalised, " \
+                 "attended to or read by an operation not followed)"
+        ids = self.g.new_ids(int(value.shape[_dim(axis, value)]), n.name, fixed_reason=reason)
+        return Slot(ids, np.ones(len(ids), dtype=bool), axis)
+
+    def on_function(self, n: fx.Node, result: object) -> Slot | None:
+        target = n.target
+        name = target if isinstance(target, str) else ops.function_name(target)
+        is_method = n.op == "call_method"
+        args = n.args
+        x = self.slot_of(args[0]) if args else None
+        if target is operator.getitem and isinstance(args[0], fx.Node) and args[0].name in self.items \
+                and isinstance(args[1], int) and -2 <= args[1] < 2:
+            return self.items[args[0].name][args[1]]
+        if (is_method and name in ops.SHAPE_METHODS) or (not is_method and target in ops.SHAPE_FUNCTIONS):
+            if target is operator.getitem and isinstance(self.env.get(args[0]), torch.Tensor):
+                return self.barrier(n, result, "indexing")
+            if isinstance(result, torch.Tensor):
+                return self.fresh(n, result, f"produced by '{n.name}' ({name})")
+            return None
+        if not is_method and ops.is_cat(target):
+            return self.cat(n, result)
+        if (is_method and name in ops.ADD_METHODS | ops.MUL_METHODS) or target in ops.ADD_LIKE | ops.MUL_LIKE:
+            is_mul = (name in ops.MUL_METHODS) if is_method else target in ops.MUL_LIKE
+            return self.binary(n, result, is_mul)
+        if x is None or not isinstance(result, torch.Tensor):
+            return self.barrier(n, result, name)
+        value = self.env[args[0]]
+        if name in ("dropout", "stochastic_depth", "dropout2d") and not torch.equal(value, result):
+            return self.barrier(n, result, f"{name} in training mode")
+        tensor_inputs = [a for a in n.all_input_nodes if isinstance(self.env[a], torch.Tensor)]
+        if name in ops.UNARY_FUNCTION_NAMES and _same_channels(value, result, x.axis) and len(tensor_inputs) == 1:
+            return x
+        if x.axis != 1:
+            return self.barrier(n, result, f"{name} on features along the last axis")
+        if name == "mean" and _same_channels(value, result) and result.dim() >= 2:
+            dims = args[1] if len(args) > 1 else n.kwargs.get("dim")
+            dims = [dims] if isinstance(dims, int) else list(dims or [])
+            if dims and all(d % value.dim() >= 2 for d in dims):
+                return x
+        if name in ("flatten", "view", "reshape") and result.dim() == 2 and value.dim() >= 2 \
+                and result.shape[0] == value.shape[0] and result.shape[1] == value[0].numel():
+            return _flatten(x, value)
+        return self.barrier(n, result, name)
+
+    def cat(self, n: fx.Node, result: object) -> Slot | None:
+        tensors = n.args[0]
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        if not isinstance(result, torch.Tensor) or not isinstance(tensors, (list, tuple)):
+            return self.barrier(n, result, "cat")
+        slots = [self.slot_of(t) for t in tensors]
+        if any(s is None for s in slots) or len({s.axis for s in slots}) != 1 \
+                or dim % result.dim() != _dim(slots[0].axis, result):
+            return self.barrier(n, result, f"cat along dimension {dim}")
+        return Slot(np.concatenate([s.ids for s in slots]), np.concatenate([s.dep for s in slots]), slots[0].axis)
+
+    def binary(self, n: fx.Node, result: object, is_mul: bool) -> Slot | None:
+        operands = [a for a in n.args[:2]]
+        values = [self.env[a] if isinstance(a, fx.Node) else a for a in operands]
+        tensors = [(a, v) for a, v in zip(operands, values, strict=True) if isinstance(v, torch.Tensor)]
+        if not isinstance(result, torch.Tensor) or any(k != "alpha" for k in n.kwargs):
+            return self.barrier(n, result, "elementwise operation")
+        if len(tensors) == 1:
+            a, v = tensors[0]
+            s = self.slot_of(a)
+            if s is None or v.dim() != result.dim() or not _same_channels(v, result, s.axis):
+                return self.barrier(n, result, "elementwise operation with a broadcast operand")
+            return s
+        (a, va), (b, vb) = tensors
+        sa, sb = self.slot_of(a), self.slot_of(b)
+        if sa is not None and sb is not None and sa.axis != sb.axis and va.dim() == vb.dim() == result.dim() \
+                and va.shape[1:] == vb.shape[1:] == result.shape[1:]:
+            opaque_a, opaque_b = self.opaque(sa), self.opaque(sb)
+            axis = sb.axis if opaque_a and not opaque_b else sa.axis if opaque_b and not opaque_a else -1
+            sa, sb = self.on_axis(sa, axis, va, n), self.on_axis(sb, axis, vb, n)
+        if sa is None or sb is None or sa.axis != sb.axis or va.dim() != vb.dim() \
+                or va.shape[sa.axis] != vb.shape[sa.axis] or not _same_channels(va, result, sa.axis) \
+                or (sa.axis != 1 and va.shape[1:] != vb.shape[1:]):
+            return self.barrier(n, result, "elementwise operation across channel counts or axes")
+        self.g.uf.union_arrays(sa.ids, sb.ids)
+        if is_mul:
+            zero_a, zero_b = ~sa.dep & _zero_channels(va, sa.axis), ~sb.dep & _zero_channels(vb, sb.axis)
+            dep = (sa.dep & ~zero_b) | (sb.dep & ~zero_a)
+        else:
+            dep = sa.dep | sb.dep
+        return Slot(sa.ids, dep, sa.axis)
+
+
+def _reads_weights(n: fx.Node) -> bool:
+    """Whether anything reads the second output (the attention weights) of node ``n``."""
+    for u in n.users:
+        if u.op != "call_function" or u.target is not operator.getitem:
+            return True          # the tuple itself is passed on
+        if u.args[1] not in (0, -2) and u.users:
+            return True
+    return False
+
+
+def _same_channels(a: torch.Tensor, b: object, axis: int = 1) -> bool:
+    """Whether ``b`` has ``a``'s batch and channels (on the last axis: ``a``'s whole shape)."""
+    if axis != 1:
+        return isinstance(b, torch.Tensor) and a.dim() >= 3 and a.shape == b.shape
+    return isinstance(b, torch.Tensor) and a.dim() >= 2 and b.dim() >= 2 and a.shape[1] == b.shape[1] \
+        and a.shape[0] == b.shape[0]
+
+
+def _dim(axis: int, value: torch.Tensor) -> int:
+    """The dimension of ``value`` that holds channels on ``axis`` (1 or -1)."""
+    return 1 if axis == 1 else value.dim() - 1
+
+
+def _channels_first(value: torch.Tensor, axis: int) -> torch.Tensor:
+    return value if axis == 1 else value.movedim(-1, 1)
+
+
+def _constant_part(value: torch.Tensor, dep: np.ndarray, axis: int = 1) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """What a consumer's constant contributions need of its input: the constant channels, once.
+
+    Keeping only these (not the whole activation) keeps the plan's memory small.
+    """
+    index = torch.as_tensor(np.nonzero(~dep)[0], dtype=torch.long)
+    return value[:1].index_select(_dim(axis, value), index).clone(), tuple(value[:1].shape)
+
+
+def _flatten(x: Slot, value: torch.Tensor) -> Slot:
+    per = int(value[0, 0].numel()) if value.dim() > 2 else 1
+    return Slot(np.repeat(x.ids, per), np.repeat(x.dep, per))
+
+
+def _zero_channels(value: torch.Tensor, axis: int = 1) -> np.ndarray:
+    value = _channels_first(value, axis)
+    return (value.transpose(0, 1).reshape(value.shape[1], -1) == 0).all(1).numpy()
+
+
+def _check_constant(slot: Slot, value: torch.Tensor) -> Slot:
+    """Channels called input-independent must agree across the two probe samples."""
+    claimed = np.flatnonzero(~slot.dep)
+    if value.dim() < 2 or value.shape[0] < 2 or not len(claimed):
+        return slot
+    value = _channels_first(value, slot.axis)
+    index = torch.from_numpy(claimed)
+    first, second = (value[k].detach().index_select(0, index).reshape(len(claimed), -1) for k in (0, 1))
+    same = torch.eq(first, second).all(1).numpy()  # the usual case: the very same values
+    if not same.all():
+        rest = np.flatnonzero(~same)
+        same[rest] = torch.isclose(first[rest], second[rest], rtol=1e-5, atol=1e-6).all(1).numpy()
+    dep = slot.dep.copy()
+    dep[claimed[~same]] = True
+    return Slot(slot.ids, dep, slot.axis)

@@ -1,0 +1,188 @@
+"""Attention heads: removed whole, or narrowed, exactly, in torchvision's ViT and nn.TransformerEncoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from spa_export.examples import TokenEncoder, tiny_vit
+from spa_export.nets.attention import PrunedAttention
+from spa_export.nets.metrics import count_macs
+from spa_export.runtime.inputs import as_inputs
+from spa_export.stages.apply import apply_plan, prune_attention
+from spa_export.stages.plan import make_plan
+from spa_export.stages.plan.heads import AttentionPlan, plan_heads
+
+VIT = (1, 3, 32, 32)
+TOKENS = (1, 8, 6)
+
+
+def _vit() -> nn.Module:
+    torch.manual_seed(0)
+    model = tiny_vit().eval()
+    with torch.no_grad():
+        nn.init.normal_(model.heads.head.weight)     # torchvision zeroes the head: nothing would be compared
+    return model
+
+
+def _encoder(norm_first: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    return TokenEncoder(norm_first=norm_first).eval()
+
+
+def _error(model: nn.Module, pruned: nn.Module, shape: tuple[int, ...]) -> float:
+    x = torch.randn(3, *shape[1:], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = model(x), pruned(x)
+    assert want.abs().max() > 0
+    return float((want - got).abs().max() / want.abs().max())
+
+
+def _drop_values(attn: nn.MultiheadAttention, heads: list[int]) -> None:
+    """An output mask on ``v_proj`` for whole heads: their value rows and biases are zero."""
+    e, d = attn.embed_dim, attn.head_dim
+    rows = [2 * e + h * d + j for h in heads for j in range(d)]
+    with torch.no_grad():
+        attn.in_proj_weight[rows] = 0
+        attn.in_proj_bias[rows] = 0
+
+
+def test_vit_head_unread_by_the_output_projection_goes_whole() -> None:
+    model = _vit()
+    attn = model.encoder.layers[0].self_attention
+    with torch.no_grad():
+        attn.out_proj.weight[:, 16:] = 0              # an input mask on out_proj: head 1's columns
+    plan = make_plan(model, as_inputs(VIT))
+    pruned = apply_plan(model, plan)
+    assert _error(model, pruned, VIT) < 1e-5
+    new = pruned.encoder.layers[0].self_attention
+    assert isinstance(new, PrunedAttention) and new.num_heads == 1
+    assert [m.weight.shape for m in (new.q_proj, new.k_proj, new.v_proj, new.out_proj)] == \
+        [(16, 32), (16, 32), (16, 32), (32, 16)]
+    assert isinstance(pruned.encoder.layers[1].self_attention, nn.MultiheadAttention)   # untouched
+    assert plan.to_json()["attention"]["encoder.layers.encoder_layer_0.self_attention"]["heads_kept"] == [0]
+
+
+def test_removing_a_head_the_network_uses_is_caught() -> None:
+    """The exactness checks above can fail: dropping a live head changes the output."""
+    model = _vit()
+    attn = model.encoder.layers[0].self_attention
+    wrong = AttentionPlan("a", 2, 16, [0], [list(range(16))], [list(range(16))])
+    pruned = apply_plan(model, make_plan(model, as_inputs(VIT)))
+    pruned.encoder.layers[0].self_attention = prune_attention(attn, wrong)
+    assert _error(model, pruned, VIT) > 1e-3
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_heads_with_zero_values_go_and_the_mlp_shrinks(norm_first: bool) -> None:
+    model = _encoder(norm_first)
+    layer = model.encoder.layers[0]
+    _drop_values(layer.self_attn, [1, 3])
+    with torch.no_grad():
+        layer.linear1.weight[:24] = 0                 # an output mask on the MLP's first layer
+        layer.linear1.bias[:24] = 0
+    plan = make_plan(model, as_inputs(TOKENS))
+    pruned = apply_plan(model, plan)
+    assert _error(model, pruned, TOKENS) < 1e-5
+    new = pruned.encoder.layers[0].self_attn
+    assert new.num_heads == 2 and new.heads.tolist() == [0, 2]
+    assert (new.q_proj.out_features, new.v_proj.out_features, new.out_proj.in_features) == (16, 16, 16)
+    assert (pruned.encoder.layers[0].linear1.out_features, pruned.encoder.layers[0].linear2.in_features) == (40, 40)
+    assert count_macs(pruned, as_inputs(TOKENS)) < count_macs(model, as_inputs(TOKENS))
+
+
+def test_partial_heads_narrow_value_and_query_key_dimensions() -> None:
+    model = _encoder()
+    attn = model.encoder.layers[1].self_attn
+    e, d = attn.embed_dim, attn.head_dim
+    with torch.no_grad():
+        for h in range(4):
+            attn.out_proj.weight[:, h * d: h * d + 3] = 0          # 3 value channels unread per head
+            attn.in_proj_weight[h * d + 5: h * d + 7] = 0          # 2 query channels zero ...
+            attn.in_proj_bias[h * d + 5: h * d + 7] = 0
+        attn.in_proj_weight[e + 7] = 0                             # ... a key row zero, its bias not:
+    plan = make_plan(model, as_inputs(TOKENS))                                # k_7 is constant, q_7 k_7 is not zero
+    pruned = apply_plan(model, plan)
+    assert _error(model, pruned, TOKENS) < 1e-5
+    new = pruned.encoder.layers[1].self_attn
+    assert (new.num_heads, new.v_proj.out_features, new.q_proj.out_features, new.k_proj.out_features) == \
+        (4, 4 * 5, 4 * 6, 4 * 6)
+    assert plan.attention["encoder.layers.1.self_attn"].summary() == \
+        "4 of 4 heads, query/key dimension 6 and value dimension 5 of 8"
+
+
+def test_uneven_heads_keep_the_widest_dimension() -> None:
+    model = _encoder()
+    attn = model.encoder.layers[0].self_attn
+    with torch.no_grad():
+        attn.out_proj.weight[:, 0:6] = 0              # head 0 keeps 2 value channels, the others 8
+    plan = make_plan(model, as_inputs(TOKENS))
+    pruned = apply_plan(model, plan)
+    assert _error(model, pruned, TOKENS) < 1e-5
+    assert isinstance(pruned.encoder.layers[0].self_attn, nn.MultiheadAttention)   # nothing to gain
+    said = plan.to_json()["attention"]["encoder.layers.0.self_attn"]["kept_beyond_masks"]   # and it says why
+    assert (said["value"], said["query_key"]) == (6, 0) and said["why"].startswith("kept heads share one")
+
+
+def test_attention_weights_that_are_read_keep_every_head() -> None:
+    class Reads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y, weights = self.attn(x, x, x)
+            return self.out(y).mean(1) + weights.sum((1, 2))[:, None]
+
+    torch.manual_seed(0)
+    model = Reads().eval()
+    with torch.no_grad():
+        model.attn.out_proj.weight[:, 4:] = 0
+    plan = make_plan(model, as_inputs((1, 5, 8)))
+    assert plan.attention["attn"].heads == [0, 1]
+    assert "attention weights" in plan.attention["attn"].reason
+    assert any("attention weights" in g["reason"] for g in plan.groups_kept_whole())
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_pruned_attention_takes_masks_as_multihead_attention_does(batch_first: bool) -> None:
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    with torch.no_grad():
+        mha.out_proj.weight[:, 4:8] = 0                       # head 1 unread
+    plan = plan_heads("m", mha, weights_read=False)
+    assert plan.heads == [0, 2, 3]
+    new = prune_attention(mha, plan)
+    n, t = 2, 5
+    x = torch.randn((n, t, 16) if batch_first else (t, n, 16))
+    causal = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
+    per_head = torch.randn(n * 4, t, t)
+    padding = torch.zeros(n, t, dtype=torch.bool)
+    padding[1, -2:] = True
+    with torch.no_grad():
+        for kwargs in ({}, {"attn_mask": causal}, {"attn_mask": per_head}, {"key_padding_mask": padding},
+                       {"attn_mask": causal, "key_padding_mask": padding}):
+            want = mha(x, x, x, need_weights=False, **kwargs)[0]
+            got = new(x, x, x, need_weights=False, **kwargs)[0]
+            assert (want - got).abs().max() < 1e-5, kwargs
+
+
+@pytest.mark.parametrize("model", ["vit", "encoder"])
+def test_the_residual_stream_is_reported_once_per_model(model: str) -> None:
+    net, shape = (_vit(), VIT) if model == "vit" else (_encoder(), TOKENS)
+    layers = [b for b in net.modules() if isinstance(b, nn.Linear) and b.out_features == 32
+              and b.in_features == 64]                  # every block's second MLP layer writes the stream
+    assert len(layers) == 2
+    with torch.no_grad():
+        for layer in layers:                              # output masks on the stream's features
+            layer.weight[:5] = 0
+            layer.bias[:5] = 0
+    plan = make_plan(net, as_inputs(shape))
+    whole = plan.groups_kept_whole()
+    stream = [g for g in whole if g["reason"].startswith("the residual stream")]
+    assert len(stream) == 1 and stream[0]["id"].startswith("residual stream"), whole
+    pruned = apply_plan(net, plan)
+    assert all(pruned.get_submodule(n).out_features == 32 for n, m in net.named_modules() if m in layers)
+    assert _error(net, pruned, shape) < 1e-5
