@@ -9,6 +9,7 @@ it.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -104,31 +105,61 @@ def _slice_conv(mod: nn.Module, name: str, mp: ModulePlan) -> nn.Module:
 def _conv_like(mod: nn.Module, cin: int, cout: int, groups: int, *, bias: bool | None = None) -> nn.Module:
     """An empty convolution like ``mod`` (made on the meta device: no random initialisation
     to pay for, every value is copied in by the caller)."""
+    bias = (mod.bias is not None) if bias is None else bias
+    if type(mod) not in _PLAIN_CONVS:
+        shape = (cout, cin // groups, *mod.weight.shape[2:])
+        return _resized_copy(mod, shape, cout if bias else None, in_channels=cin, out_channels=cout, groups=groups)
     new = type(mod)(
         cin, cout, mod.kernel_size, stride=mod.stride, padding=mod.padding, dilation=mod.dilation,
-        groups=groups, bias=(mod.bias is not None) if bias is None else bias,
-        padding_mode=mod.padding_mode, device="meta", dtype=mod.weight.dtype,
+        groups=groups, bias=bias, padding_mode=mod.padding_mode, device="meta", dtype=mod.weight.dtype,
     )
     return new.to_empty(device=mod.weight.device).eval()
 
 
 def _linear_like(mod: nn.Linear, fin: int, fout: int, *, bias: bool) -> nn.Linear:
     """An empty linear layer (made on the meta device, like :func:`_conv_like`)."""
+    if type(mod) is not nn.Linear:
+        return _resized_copy(mod, (fout, fin), fout if bias else None, in_features=fin, out_features=fout)
     new = nn.Linear(fin, fout, bias=bias, device="meta", dtype=mod.weight.dtype)
     return new.to_empty(device=mod.weight.device).eval()
 
 
+_PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _resized_copy(mod: nn.Module, weight_shape: tuple[int, ...], bias_size: int | None, **sizes: int) -> nn.Module:
+    """A copy of a layer subclass (timm's ``Conv2dSame``, ``Linear``...) with empty tensors of new sizes.
+
+    Its own class and everything it adds stay (a padding computed in ``forward``,
+    its children); only the sizes and the tensors the caller fills change.
+    """
+    new = copy.copy(mod)
+    new._parameters, new._buffers = dict(mod._parameters), dict(mod._buffers)
+    new._modules = {k: copy.deepcopy(v) for k, v in mod._modules.items()}
+    for key, size in sizes.items():
+        setattr(new, key, size)
+    like = {"dtype": mod.weight.dtype, "device": mod.weight.device}
+    new.weight = nn.Parameter(torch.empty(weight_shape, **like), requires_grad=mod.weight.requires_grad)
+    new.bias = None if bias_size is None else nn.Parameter(torch.empty(bias_size, **like))
+    return new.eval()
+
+
 def _slice_bn(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
-    new = type(mod)(len(keep), eps=mod.eps, momentum=mod.momentum, affine=mod.affine,
-                    track_running_stats=mod.track_running_stats).eval()
-    if mod.affine:
-        new.weight.copy_(mod.weight[keep])
-        new.bias.copy_(mod.bias[keep])
-    new.running_mean.copy_(mod.running_mean[keep])
-    new.running_var.copy_(mod.running_var[keep])
-    if mod.num_batches_tracked is not None:
-        new.num_batches_tracked.copy_(mod.num_batches_tracked)
-    return new
+    """``mod`` with only the ``keep`` channels: a copy of the module itself, so that a subclass keeps
+    what it adds (timm's ``BatchNormAct2d``: its activation and dropout)."""
+    new = copy.copy(mod)
+    new._parameters, new._buffers = dict(mod._parameters), dict(mod._buffers)
+    new._modules = {k: copy.deepcopy(v) for k, v in mod._modules.items()}
+    new.num_features = len(keep)
+    for name in ("weight", "bias"):
+        old = getattr(mod, name, None)
+        if old is not None:
+            setattr(new, name, nn.Parameter(old.detach()[keep].clone(), requires_grad=old.requires_grad))
+    for name in ("running_mean", "running_var"):
+        new.register_buffer(name, getattr(mod, name).detach()[keep].clone())
+    if getattr(mod, "num_batches_tracked", None) is not None:
+        new.register_buffer("num_batches_tracked", mod.num_batches_tracked.detach().clone())
+    return new.eval()
 
 
 def _fold(mod: nn.Module, fold: ConstantFold, mp: ModulePlan | None) -> nn.Module:

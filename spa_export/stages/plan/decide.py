@@ -72,7 +72,7 @@ def decide(graph: ChannelGraph, inputs: dict, *, round_to: int = 1,
     groups = dependency_groups(graph, root, present)
     _constrain(graph, root, removed, reason, groups, round_to, round_small)
 
-    plan = PrunePlan(inputs=dict(inputs), round_to=round_to)
+    plan = PrunePlan(inputs=dict(inputs), round_to=round_to, opaque=dict(graph.opaque))
     _module_plans(graph, root, removed, plan)
     _folds(graph, root, removed, plan)
     plan.groups = _reports(graph, root, removed, constant, candidate, reason, groups)
@@ -141,9 +141,66 @@ def _constrain(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, reaso
                 if kept < round_to and not round_small:
                     continue
                 short = (-kept) % round_to
-                for r in roots[removed[roots]][:short].tolist():
+                if not short:
+                    continue
+                rows = _grouped_rows(grouped, root, roots)
+                if rows is None:
+                    for r in roots[removed[roots]][:short].tolist():
+                        keep(r, f"{ROUNDING_REASON} {round_to}")
+                        changed = True
+                    continue
+                for r in _round_grouped(rows, removed, round_to):
                     keep(r, f"{ROUNDING_REASON} {round_to}")
                     changed = True
+
+
+def _grouped_rows(grouped: list[tuple[str, np.ndarray, int]], root: np.ndarray,
+                  roots: np.ndarray) -> np.ndarray | list | None:
+    """The channels of a dependency group as the groups of the grouped layers that read or write them:
+    ``[g, per_group]`` roots; None where no grouped layer does, ``[]`` where they do in ways that do
+    not line up (several layers of other groupings, other channels mixed in)."""
+    mine = set(roots.tolist())
+    found = []
+    for _, ids, g in grouped:
+        rows = root[ids].reshape(g, -1)
+        touched = np.isin(rows, roots)
+        if touched.any():
+            if not touched.all() or len(set(rows.ravel().tolist())) != rows.size or set(rows.ravel().tolist()) != mine:
+                return []
+            found.append(rows)
+    if not found:
+        return None
+    if any(f.shape != found[0].shape or not np.array_equal(np.sort(f, 1), np.sort(found[0], 1)) for f in found[1:]):
+        return []
+    return found[0]
+
+
+def _round_grouped(rows: np.ndarray | list, removed: np.ndarray, round_to: int) -> list[int]:
+    """Channels to keep so that a group read or written by a grouped layer keeps a multiple of
+    ``round_to``, equally in each of the layer's groups; none where that needs a whole multiple more.
+
+    Rounding 24 kept channels of a 6-group convolution up to 32 cannot keep the groups equal: the
+    next count that can is 48, all of them, and the pruning would be undone. Such a group keeps the
+    masks' count: never slower than not rounding at all, and never more than ``round_to - 1``
+    channels beyond the masks, as rounding promises.
+    """
+    if not len(rows):
+        return []
+    g, per = rows.shape
+    kept_per = [int((~removed[r]).sum()) for r in rows]
+    k = max(kept_per)
+    for target in range(k, per + 1):
+        if (g * target) % round_to == 0:
+            break
+    else:
+        return []
+    extra = [target - n for n in kept_per]
+    if sum(extra) > round_to - 1:
+        return []
+    out: list[int] = []
+    for r, more in zip(rows, extra, strict=True):
+        out += r[removed[r]][:more].tolist()
+    return out
 
 
 def _keep_list(mask: np.ndarray) -> list[int] | None:
@@ -155,7 +212,7 @@ def _module_plans(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, pl
         if p.module is None:
             continue
         keep = ~removed[root[p.ids]]
-        kind = "linear" if type(graph.modules[p.module]).__name__ == "Linear" else "conv"
+        kind = "linear" if isinstance(graph.modules[p.module], nn.Linear) else "conv"
         mp = plan.modules.setdefault(p.module, ModulePlan(kind))
         mp.out_keep, mp.out_size = _keep_list(keep), len(keep)
     for c in graph.consumers:
@@ -181,7 +238,7 @@ def _folds(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, plan: Pru
         stored = np.searchsorted(np.nonzero(~c.dep)[0], pos)
         with one_thread():  # these values go into the file: the same bytes whatever the core count
             values = c.value.index_select(c.channel_dim, torch.as_tensor(stored))
-            contrib = _contribution(mod, values, pos, c.shape, c.channel_dim)
+            contrib = _contribution(mod, values, pos, c.shape, c.channel_dim, plain=c.functional)
         if c.axis != 1 and contrib.dim() > 1:
             contrib = contrib.movedim(-1, 0)  # channels first, like a convolution's, until stored
         fold = ConstantFold(c.module, len(np.unique(root[c.ids][pos])))
@@ -207,20 +264,26 @@ _PLAIN_FORWARD = (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Co
 
 
 def _contribution(mod: nn.Module, values: torch.Tensor, pos: np.ndarray, shape: tuple[int, ...],
-                  channel_dim: int = 1) -> torch.Tensor:
+                  channel_dim: int = 1, *, plain: bool = False) -> torch.Tensor:
     """What input channels ``pos``, holding ``values``, add to the output of ``mod`` (one sample).
 
     ``values`` has the channels on ``channel_dim`` (1, or the last for a linear layer over
     tokens). A plain convolution or linear layer reads only those channels' weights, without
     bias; any other module runs on an input that is zero elsewhere, less its output at zero.
+    ``plain``: the values were read by ``F.linear``/``F.convNd`` on the layer's own tensors
+    (a subclass traced through), so the layer's operation is computed as such, never its
+    ``forward`` (which may pad its input first: the values were padded already).
     """
     index = torch.as_tensor(pos)
-    if type(mod).forward in _PLAIN_FORWARD and getattr(mod, "groups", 1) == 1:
+    plain = plain or type(mod).forward in _PLAIN_FORWARD
+    if plain and getattr(mod, "groups", 1) == 1:
         weight = mod.weight.index_select(1, index)
         if isinstance(mod, nn.Linear):
             return nn.functional.linear(values, weight)[0]
         return mod._conv_forward(values, weight, None)[0]
     only = torch.zeros(shape, dtype=values.dtype).index_copy_(channel_dim, index, values)
+    if plain:  # a grouped convolution: every group's own columns, without bias
+        return mod._conv_forward(only, mod.weight, None)[0]
     return (mod(only) - _at_zero(mod, only))[0]
 
 

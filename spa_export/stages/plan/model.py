@@ -96,6 +96,8 @@ class PrunePlan:
     attention: dict[str, AttentionPlan] = field(default_factory=dict)
     round_to: int = 1
     untraced: str | None = None  # why the network could not be traced (then nothing is removed)
+    #: submodules torch.fx could not trace into -> why: each ran as one step, keeping its channels
+    opaque: dict[str, str] = field(default_factory=dict)
 
     def groups_kept_whole(self) -> list[dict]:
         """Groups that the masks asked to shrink (or could shrink) but stayed whole, and why."""
@@ -130,4 +132,5 @@ class PrunePlan:
             "modules": {k: v.to_json() for k, v in sorted(self.modules.items())},
             "constant_folds": [f.to_json() for f in self.folds.values()],
             **({"attention": {k: v.to_json() for k, v in sorted(self.attention.items())}} if self.attention else {}),
+            **({"opaque": dict(sorted(self.opaque.items()))} if self.opaque else {}),
         }

@@ -62,6 +62,9 @@ class ConsumerUse:
     value: torch.Tensor      # its probe input at the input-independent positions only (sample 0)
     shape: tuple[int, ...]   # the probe input's shape for one sample (batch axis 1)
     axis: int = 1            # where ``value``'s channels are: 1, or -1 (a Linear over tokens)
+    #: read through ``F.linear``/``F.convNd`` on the module's tensors (a subclass traced through):
+    #: ``value`` is the function's input, which the module's own ``forward`` may have padded first
+    functional: bool = False
 
     @property
     def channel_dim(self) -> int:
@@ -103,6 +106,8 @@ class ChannelGraph:
     followers: dict[str, str] = field(default_factory=dict)
     #: nn.MultiheadAttention modules whose heads may go -> whether the network reads their weights
     attention: dict[str, bool] = field(default_factory=dict)
+    #: modules torch.fx could not trace into -> why; each ran as one step that keeps its channels
+    opaque: dict[str, str] = field(default_factory=dict)
 
     def new_ids(self, n: int, label: str, *, fixed_reason: str | None = None) -> np.ndarray:
         ids = self.uf.new(n)
@@ -118,14 +123,18 @@ def trace_channels(model: nn.Module, inputs: Inputs, *, seed: int = 0) -> Channe
     ``inputs``: :class:`~spa_export.runtime.inputs.InputSpec` s, in the order of ``forward``'s arguments.
     """
     specs = inputs
+    tracer = _Tracer()
     try:
-        gm = fx.GraphModule(model, _Tracer().trace(model))  # shares the model's modules, changes none
+        gm = fx.GraphModule(model, tracer.trace(model))  # shares the model's modules, changes none
     except Exception as err:
         raise ArchitectureError(
             f"the network cannot be traced with torch.fx ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
         ) from err
     probe = random_tensors(specs, 2, torch.Generator().manual_seed(seed))
-    graph = ChannelGraph(modules=dict(gm.named_modules()))
+    # the network's own modules: the graph module holds a module that was traced through (a
+    # batch-norm or layer calling F.batch_norm, F.linear, F.conv2d) as a plain container of the
+    # tensors it copied; leaves are the same objects in both
+    graph = ChannelGraph(modules=dict(model.named_modules()), opaque=dict(tracer.opaque))
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     with torch.no_grad():
         _Interpreter(gm, graph, calls).run(*probe)
@@ -133,20 +142,51 @@ def trace_channels(model: nn.Module, inputs: Inputs, *, seed: int = 0) -> Channe
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, entering ``nn.TransformerEncoder`` and its layers (leaves by default).
+    """torch.fx's tracer, entering ``nn.TransformerEncoder`` and its layers (leaves by default),
+    and stepping over what it cannot trace.
 
     Their ``forward`` chooses a fused fast path by inspecting tensors, which a
     symbolic trace cannot; the regular path they compute in eval mode is
     written out here, calling the same submodules, so that their linear
     layers and attention are seen by name.
+
+    A submodule whose ``forward`` cannot be traced (control flow on a shape, as
+    in MobileViT's blocks; ``math`` on sizes, as in timm's ``Conv2dSame``)
+    becomes one step of the graph: the nodes its attempt made are erased, and
+    the module is called as a whole. The rest of the network is planned as
+    usual; the step keeps the channels it reads and writes, with the reason
+    in ``opaque``. Only a failure in the network's own ``forward`` leaves the
+    whole network untraced.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opaque: dict[str, str] = {}
 
     def call_module(self, m: nn.Module, forward: object, args: tuple, kwargs: dict) -> object:
         if type(m) is nn.TransformerEncoderLayer:
             return _encoder_layer(m, *args, **kwargs)
         if type(m) is nn.TransformerEncoder:
             return _encoder(m, *args, **kwargs)
-        return super().call_module(m, forward, args, kwargs)
+        name = self.path_of_module(m)
+        if self.is_leaf_module(m, name):
+            return super().call_module(m, forward, args, kwargs)
+        before, depth = len(self.graph.nodes), len(self.module_stack)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as err:
+            while len(self.module_stack) > depth:   # what the failed attempt pushed and never popped
+                self.module_stack.popitem(last=True)
+            made = []
+            for node in reversed(self.graph.nodes):
+                if len(made) == len(self.graph.nodes) - before:
+                    break
+                made.append(node)
+            for node in made:   # the newest first: each is used only by nodes made after it
+                self.graph.erase_node(node)
+            self.opaque[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}" if str(err) \
+                else type(err).__name__
+            return self.create_proxy("call_module", name, args, kwargs)
 
 
 def _encoder_layer(m: nn.TransformerEncoderLayer, src: object, src_mask: object = None,
@@ -253,19 +293,22 @@ class _Interpreter(fx.Interpreter):
             return self.barrier(n, result, f"{kind} called more than once")
         if type(mod) is nn.MultiheadAttention:
             return self.attention(n, mod, result)
+        if n.target in self.g.opaque:
+            return self.barrier(n, result, f"{kind}, which torch.fx cannot trace ({self.g.opaque[n.target]}), "
+                                           "run as one step")
         if x is None or not isinstance(result, torch.Tensor) or len(n.args) != 1 or n.kwargs:
             return self.barrier(n, result, kind)
         value = self.env[n.args[0]]
         if type(mod) is nn.Linear and value.dim() >= 3:
-            return self.linear_last(n, mod, x, value)
+            return self.linear_last(n.name, n.target, mod, x, value)
         if kind in ops.UNARY_MODULE_NAMES and _same_channels(value, result, x.axis):
             return x
         if x.axis != 1:
             return self.barrier(n, result, f"{kind} on features along the last axis")
         if type(mod) in _CONV and mod.padding_mode == "zeros" and value.dim() == mod.weight.dim():
-            return self.conv(n, mod, x, value)
+            return self.conv(n.target, mod, x, value)
         if type(mod) is nn.Linear and value.dim() == 2:
-            return self.linear(n, mod, x, value)
+            return self.linear(n.target, mod, x, value)
         if type(mod) in _BN and mod.track_running_stats and mod.running_mean is not None:
             self.g.members.append(Member(n.target, "batchnorm", x.ids))
             src = n.args[0]
@@ -277,45 +320,48 @@ class _Interpreter(fx.Interpreter):
             return _flatten(x, value)
         return self.barrier(n, result, kind)
 
-    def conv(self, n: fx.Node, mod: nn.Module, x: Slot, value: torch.Tensor) -> Slot:
+    def conv(self, name: str, mod: nn.Module, x: Slot, value: torch.Tensor, *, functional: bool = False) -> Slot:
         cout, cin, g = mod.out_channels, mod.in_channels, mod.groups
         nz = (mod.weight.detach() != 0).reshape(cout, cin // g, -1).any(-1).numpy()
         if g > 1 and g == cin == cout:
-            self.g.members.append(Member(n.target, "depthwise", x.ids))
+            self.g.members.append(Member(name, "depthwise", x.ids))
             return Slot(x.ids, x.dep & nz[:, 0])
         per_in, per_out = cin // g, cout // g
         read = np.zeros(cin, dtype=bool)
         for j in range(g):
             read[j * per_in:(j + 1) * per_in] = nz[j * per_out:(j + 1) * per_out].any(0)
-        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~read, g, *_constant_part(value, x.dep)))
-        ids = self.g.new_ids(cout, n.target)
+        self.g.consumers.append(ConsumerUse(name, x.ids, x.dep, ~read, g, *_constant_part(value, x.dep),
+                                            functional=functional))
+        ids = self.g.new_ids(cout, name)
         dep_in = x.dep.reshape(g, per_in)[np.arange(cout) // per_out]
         dep = (nz & dep_in).any(1)
-        self.g.producers.append(Producer(n.target, ids, g, module=n.target, dep=dep))
+        self.g.producers.append(Producer(name, ids, g, module=name, dep=dep))
         return Slot(ids, dep)
 
-    def linear(self, n: fx.Node, mod: nn.Linear, x: Slot, value: torch.Tensor) -> Slot:
+    def linear(self, name: str, mod: nn.Linear, x: Slot, value: torch.Tensor, *, functional: bool = False) -> Slot:
         nz = (mod.weight.detach() != 0).numpy()
-        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~nz.any(0), 1, *_constant_part(value, x.dep)))
-        ids = self.g.new_ids(mod.out_features, n.target)
+        self.g.consumers.append(ConsumerUse(name, x.ids, x.dep, ~nz.any(0), 1, *_constant_part(value, x.dep),
+                                            functional=functional))
+        ids = self.g.new_ids(mod.out_features, name)
         dep = (nz & x.dep[None, :]).any(1)
-        self.g.producers.append(Producer(n.target, ids, 1, module=n.target, dep=dep))
+        self.g.producers.append(Producer(name, ids, 1, module=name, dep=dep))
         return Slot(ids, dep)
 
-    def linear_last(self, n: fx.Node, mod: nn.Linear, x: Slot, value: torch.Tensor) -> Slot:
+    def linear_last(self, label: str, name: str, mod: nn.Linear, x: Slot, value: torch.Tensor, *,
+                    functional: bool = False) -> Slot:
         """A Linear layer on ``[N, ..., features]``: it reads and writes features on the last axis."""
         if x.axis != -1 or len(x.ids) != mod.in_features:
             # its input's features were not followed (a layer norm's output, a reshape): they stay
-            reason = f"read by '{n.name}' (Linear over the last axis) from an operation not followed"
+            reason = f"read by '{label}' (Linear over the last axis) from an operation not followed"
             self.g.holds.append((x.ids, reason))
-            ids = self.g.new_ids(mod.in_features, n.name, fixed_reason=reason)
+            ids = self.g.new_ids(mod.in_features, label, fixed_reason=reason)
             x = Slot(ids, np.ones(len(ids), dtype=bool), -1)
         nz = (mod.weight.detach() != 0).numpy()
-        self.g.consumers.append(ConsumerUse(n.target, x.ids, x.dep, ~nz.any(0), 1,
-                                            *_constant_part(value, x.dep, -1), axis=-1))
-        ids = self.g.new_ids(mod.out_features, n.target)
+        self.g.consumers.append(ConsumerUse(name, x.ids, x.dep, ~nz.any(0), 1,
+                                            *_constant_part(value, x.dep, -1), axis=-1, functional=functional))
+        ids = self.g.new_ids(mod.out_features, name)
         dep = (nz & x.dep[None, :]).any(1)
-        self.g.producers.append(Producer(n.target, ids, 1, module=n.target, dep=dep))
+        self.g.producers.append(Producer(name, ids, 1, module=name, dep=dep))
         return Slot(ids, dep, -1)
 
     def attention(self, n: fx.Node, mod: nn.MultiheadAttention, result: object) -> None:
@@ -377,6 +423,14 @@ class _Interpreter(fx.Interpreter):
         if x is None or not isinstance(result, torch.Tensor):
             return self.barrier(n, result, name)
         value = self.env[args[0]]
+        if name == "batch_norm" and not is_method:
+            return self.functional_batchnorm(n, x, value, result)
+        if name in _FUNCTIONAL_LAYERS and not is_method:
+            return self.functional_layer(n, name, x, value, result)
+        if name == "pad" and not is_method and x.axis == 1 and _same_channels(value, result):
+            widths = args[1] if len(args) > 1 else n.kwargs.get("pad")
+            if isinstance(widths, (list, tuple)) and len(widths) <= 2 * (value.dim() - 2):
+                return x   # spatial padding (any mode) acts on each channel by itself
         if name in ("dropout", "stochastic_depth", "dropout2d") and not torch.equal(value, result):
             return self.barrier(n, result, f"{name} in training mode")
         tensor_inputs = [a for a in n.all_input_nodes if isinstance(self.env[a], torch.Tensor)]
@@ -393,6 +447,63 @@ class _Interpreter(fx.Interpreter):
                 and result.shape[0] == value.shape[0] and result.shape[1] == value[0].numel():
             return _flatten(x, value)
         return self.barrier(n, result, name)
+
+    def functional_batchnorm(self, n: fx.Node, x: Slot, value: torch.Tensor, result: torch.Tensor) -> Slot | None:
+        """``F.batch_norm`` in eval mode, on the running statistics and affine parameters of one module.
+
+        Norm-activation layers (timm's ``BatchNormAct2d`` and its kin, subclasses
+        of ``nn.BatchNorm2d`` that add an activation) call the function, not the
+        module. In eval mode it is a per-channel affine map; its tensors belong
+        to one module, which loses the channels with them (sliced as a whole, so
+        that its activation and everything else it holds stay).
+        """
+        owner = _batchnorm_owner(n, self.g.modules)
+        if owner is None or x.axis != 1 or not _same_channels(value, result):
+            return self.barrier(n, result, "batch_norm on tensors of no single batch-norm module, or in training mode")
+        if self.functional_owners().get(owner, 0) > 1 or self.calls.get(owner, 0):
+            return self.barrier(n, result, f"batch_norm of '{owner}' applied more than once")
+        self.g.members.append(Member(owner, "batchnorm", x.ids))
+        return x
+
+    def functional_layer(self, n: fx.Node, name: str, x: Slot, value: torch.Tensor, result: torch.Tensor) -> Slot | None:
+        """``F.linear``/``F.convNd`` on one layer's own weight and bias, as that layer's module call.
+
+        Subclasses of ``nn.Linear`` and ``nn.ConvNd`` outside torch.nn (timm's
+        ``Linear``, ``Conv2dSame``, ``create_conv2d``'s layers) are traced
+        through and call the function. Where the call reads the layer's own
+        ``weight`` and ``bias`` and uses its stride, padding, dilation and
+        groups, it computes what the layer computes on the call's input (a
+        ``Conv2dSame`` pads before it, as a node of its own), so the layer
+        loses channels as a plain one does; it is sliced as a copy of itself,
+        keeping what the subclass adds.
+        """
+        owner = _layer_owner(n, name, self.g.modules)
+        if owner is None:
+            return self.barrier(n, result, f"{name} on tensors that are not one layer's weight and bias")
+        if self.functional_owners().get(owner, 0) > 1 or self.calls.get(owner, 0):
+            return self.barrier(n, result, f"{name} of '{owner}' applied more than once")
+        mod = self.g.modules[owner]
+        if name == "linear":
+            if value.dim() >= 3:
+                return self.linear_last(n.name, owner, mod, x, value, functional=True)
+            if x.axis == 1 and value.dim() == 2:
+                return self.linear(owner, mod, x, value, functional=True)
+        elif x.axis == 1 and value.dim() == mod.weight.dim():
+            return self.conv(owner, mod, x, value, functional=True)
+        return self.barrier(n, result, f"{name} of '{owner}' on features along another axis")
+
+    def functional_owners(self) -> Counter:
+        """How often each module's tensors are read by a functional batch-norm, linear or convolution."""
+        if not hasattr(self, "_owners"):
+            owners: Counter = Counter()
+            for m in self.module.graph.nodes:
+                fname = ops.function_name(m.target) if m.op == "call_function" else None
+                if fname == "batch_norm":
+                    owners[_batchnorm_owner(m, self.g.modules)] += 1
+                elif fname in _FUNCTIONAL_LAYERS:
+                    owners[_layer_owner(m, fname, self.g.modules)] += 1
+            self._owners = owners
+        return self._owners
 
     def cat(self, n: fx.Node, result: object) -> Slot | None:
         tensors = n.args[0]
@@ -435,6 +546,74 @@ class _Interpreter(fx.Interpreter):
         else:
             dep = sa.dep | sb.dep
         return Slot(sa.ids, dep, sa.axis)
+
+
+_FUNCTIONAL_LAYERS = {"linear": nn.Linear, "conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d}
+
+
+def _layer_owner(n: fx.Node, name: str, modules: dict[str, nn.Module]) -> str | None:
+    """The layer whose own weight and bias (and stride, padding, dilation, groups) ``F.<name>`` uses, or None."""
+    names = ("input", "weight", "bias") if name == "linear" else \
+        ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    bound = dict(zip(names, n.args, strict=False)) | dict(n.kwargs)
+    weight = bound.get("weight")
+    if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+        return None
+    owner, _, attr = str(weight.target).rpartition(".")
+    mod = modules.get(owner)
+    if attr != "weight" or not isinstance(mod, _FUNCTIONAL_LAYERS[name]):
+        return None
+    bias = bound.get("bias")
+    if bias is None:
+        if mod.bias is not None:
+            return None
+    elif not (isinstance(bias, fx.Node) and bias.op == "get_attr" and str(bias.target) == f"{owner}.bias"):
+        return None
+    if name != "linear":
+        dims = mod.weight.dim() - 2
+
+        def spread(v: object, default: int) -> tuple:
+            v = default if v is None else v
+            return tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
+
+        if mod.padding_mode != "zeros" or isinstance(mod.padding, str) or isinstance(bound.get("padding"), str) \
+                or spread(bound.get("stride"), 1) != tuple(mod.stride) \
+                or spread(bound.get("padding"), 0) != tuple(mod.padding) \
+                or spread(bound.get("dilation"), 1) != tuple(mod.dilation) \
+                or (bound.get("groups") or 1) != mod.groups:
+            return None
+    return owner
+
+
+def _batchnorm_owner(n: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """The batch-norm module whose running statistics (and affine parameters) an ``F.batch_norm`` call reads.
+
+    None unless the call is in eval mode (``training`` false) and reads its
+    running mean and variance, and weight and bias where given, all from one
+    module's own attributes of those names.
+    """
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    bound = dict(zip(names, n.args, strict=False)) | dict(n.kwargs)
+    if bound.get("training", False) is not False:
+        return None
+    owners = set()
+    for field_name in ("running_mean", "running_var", "weight", "bias"):
+        arg = bound.get(field_name)
+        if arg is None and field_name in ("weight", "bias"):
+            continue
+        if not isinstance(arg, fx.Node) or arg.op != "get_attr":
+            return None
+        owner, _, attr = str(arg.target).rpartition(".")
+        if attr != field_name:
+            return None
+        owners.add(owner)
+    if len(owners) != 1:
+        return None
+    owner = owners.pop()
+    mod = modules.get(owner)
+    if not isinstance(mod, nn.modules.batchnorm._BatchNorm) or mod.running_mean is None:
+        return None
+    return owner
 
 
 def _reads_weights(n: fx.Node) -> bool:

@@ -12,6 +12,7 @@ from spa_export.runtime.environment import cpu_flags
 from spa_export.runtime.inputs import as_inputs
 from spa_export.safety.errors import InputError
 from spa_export.safety.validate import round_to
+from spa_export.stages.apply import apply_plan
 from spa_export.stages.plan import make_plan
 from spa_export.stages.plan.rounding import GPU_MULTIPLE, cpu_block, resolve
 
@@ -88,3 +89,38 @@ def test_auto_leaves_groups_narrower_than_one_multiple() -> None:
     assert sorted(g.kept for g in every.groups if g.channels == 32) == [16, 32]
     assert sorted(g.kept for g in auto.groups if g.channels == 32) == [5, 32]
     assert every.rounding_extra() == 11 + 12 and auto.rounding_extra() == 12
+
+
+def _grouped(groups: int, width: int, kept_per_group: int) -> nn.Module:
+    """1x1 conv -> grouped 3x3 conv -> 1x1 conv; the first conv's output masks keep ``kept_per_group``
+    channels in each group of the grouped one (a RegNet or ResNeXt bottleneck)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, width, 1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1, groups=groups),
+                          nn.ReLU(), nn.Conv2d(width, 4, 1)).eval()
+    per = width // groups
+    pruned = [j * per + i for j in range(groups) for i in range(kept_per_group, per)]
+    with torch.no_grad():
+        model[0].weight[pruned] = 0
+        model[0].bias[pruned] = 0
+    return model
+
+
+@pytest.mark.parametrize(("groups", "width", "kept", "rounded"), [
+    (6, 48, 4, 24),    # 24 -> 32 cannot be split into 6 equal groups; 48 would undo the pruning: stays 24
+    (4, 32, 3, 16),    # 12 -> 16 is 4 equal groups of 4: rounded, one channel more in each group
+    (2, 64, 13, 32),   # 26 -> 32: 16 in each of 2 groups
+])
+def test_rounding_a_grouped_layer_never_undoes_its_pruning(groups: int, width: int, kept: int, rounded: int) -> None:
+    shape = [1, 3, 6, 6]
+    model = _grouped(groups, width, kept)
+    for round_small in (True, False):
+        plan = make_plan(model, as_inputs(shape), round_to=16, round_small=round_small)
+        first = plan.modules["0"].out_keep
+        want = rounded if round_small or groups * kept >= 16 else groups * kept   # auto: narrower than a block stays
+        assert len(first) == want, (groups, round_small, len(first))
+        per = width // groups
+        assert len({sum(1 for c in first if c // per == j) for j in range(groups)}) == 1   # equal groups
+        assert plan.rounding_extra() == want - groups * kept
+        x = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            assert torch.allclose(model(x), apply_plan(model, plan)(x), rtol=1e-5, atol=1e-5)
