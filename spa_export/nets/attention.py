@@ -73,8 +73,36 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.to(dtype)
 
 
-def projections(mod: nn.MultiheadAttention) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    """The query, key and value weights and biases of ``mod`` (views, not copies)."""
+def fused_qkv(mod: nn.Module) -> bool:
+    """Whether ``mod`` is timm's ``Attention``: one ``qkv`` Linear reshaped into ``num_heads`` heads of
+    ``head_dim``, softmax attention per head, one ``proj`` Linear; its ``forward`` reads ``num_heads``
+    and ``head_dim`` from the module, so a copy with fewer heads computes the kept heads.
+
+    Only the plain form: no normalisation across heads (``norm``), no gate.
+    """
+    kind = type(mod)
+    if kind.__name__ != "Attention" or not kind.__module__.startswith("timm."):
+        return False
+    qkv, proj = getattr(mod, "qkv", None), getattr(mod, "proj", None)
+    h, d = getattr(mod, "num_heads", None), getattr(mod, "head_dim", None)
+    return (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(h, int)
+            and isinstance(d, int) and qkv.out_features == 3 * h * d and proj.in_features == h * d
+            and isinstance(getattr(mod, "norm", nn.Identity()), nn.Identity) and getattr(mod, "gate", None) is None)
+
+
+def out_projection(mod: nn.Module) -> nn.Linear:
+    """The Linear that reads every head's values: ``out_proj`` (``nn.MultiheadAttention``) or ``proj``."""
+    return mod.proj if fused_qkv(mod) else mod.out_proj
+
+
+def projections(mod: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """The query, key and value weights and biases of ``mod`` (views, not copies): an
+    ``nn.MultiheadAttention``, or timm's ``Attention`` (rows of its ``qkv``)."""
+    if fused_qkv(mod):
+        width = mod.num_heads * mod.head_dim
+        bias = mod.qkv.bias
+        return (list(mod.qkv.weight.detach().split(width)),
+                [None] * 3 if bias is None else list(bias.detach().split(width)))
     e = mod.embed_dim
     if mod._qkv_same_embed_dim:
         weights = list(mod.in_proj_weight.detach().split(e))

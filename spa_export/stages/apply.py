@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from spa_export.nets.arch import set_submodule
-from spa_export.nets.attention import PrunedAttention, projections
+from spa_export.nets.attention import PrunedAttention, fused_qkv, projections
 from spa_export.nets.modcopy import check_complete, copy_leaving
 from spa_export.safety.errors import BuildError
 from spa_export.stages.plan.heads import AttentionPlan
@@ -198,8 +198,29 @@ def _attention_linear(weight: torch.Tensor, bias: torch.Tensor | None, rows: tor
     return new
 
 
-def prune_attention(mod: nn.MultiheadAttention, plan: AttentionPlan) -> PrunedAttention:
+def _prune_fused(mod: nn.Module, plan: AttentionPlan) -> nn.Module:
+    """timm's ``Attention`` with only the plan's (whole) heads: a copy of the module whose ``qkv``
+    keeps those heads' query, key and value rows and whose ``proj`` reads only their columns."""
+    d, width = plan.head_dim, plan.num_heads * plan.head_dim
+    cols = torch.as_tensor([h * d + c for h in plan.heads for c in range(d)])
+    rows = torch.cat([part * width + cols for part in range(3)])
+    new = copy.copy(mod)
+    new._parameters, new._buffers = dict(mod._parameters), dict(mod._buffers)
+    new._modules = {k: copy.deepcopy(v) for k, v in mod._modules.items() if k not in ("qkv", "proj")}
+    qkv_bias = None if mod.qkv.bias is None else mod.qkv.bias.detach()
+    new.qkv = _attention_linear(mod.qkv.weight.detach(), qkv_bias, rows)
+    proj_bias = None if mod.proj.bias is None else mod.proj.bias.detach()
+    new.proj = _attention_linear(mod.proj.weight.detach(), proj_bias, torch.arange(mod.proj.out_features), cols)
+    new.num_heads = len(plan.heads)
+    if hasattr(mod, "attn_dim"):
+        new.attn_dim = len(plan.heads) * d
+    return new.eval()
+
+
+def prune_attention(mod: nn.Module, plan: AttentionPlan) -> nn.Module:
     """``mod`` with only the plan's heads and channels (a new module; ``mod`` is not changed)."""
+    if fused_qkv(mod):
+        return _prune_fused(mod, plan)
     d = plan.head_dim
     qk = torch.as_tensor([h * d + c for h, cs in zip(plan.heads, plan.qk, strict=True) for c in cs])
     v = torch.as_tensor([h * d + c for h, cs in zip(plan.heads, plan.v, strict=True) for c in cs])

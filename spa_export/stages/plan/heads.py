@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spa_export.nets.attention import projections
+from spa_export.nets.attention import fused_qkv, out_projection, projections
 
 
 @dataclass
@@ -71,20 +71,31 @@ def _zero_rows(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return zero if bias is None else zero & (bias == 0)
 
 
-def plan_heads(name: str, mod: nn.MultiheadAttention, *, weights_read: bool, round_to: int = 1,
+def plan_heads(name: str, mod: nn.Module, *, weights_read: bool, round_to: int = 1,
                round_small: bool = True) -> AttentionPlan:
     """What of attention ``name`` (merged, masked weights) can go.
 
     ``round_to`` and ``round_small`` round the kept head dimensions as
     :func:`~spa_export.stages.plan.decide.decide` rounds channel groups.
+    timm's ``Attention`` (one ``qkv`` reshaped into heads of one width) loses whole heads only.
     """
     h, d = mod.num_heads, mod.head_dim
     whole = AttentionPlan(name, h, d, list(range(h)), [list(range(d))] * h, [list(range(d))] * h)
     (wq, wk, wv), (bq, bk, bv) = projections(mod)
-    v_gone = (_zero_rows(wv, bv) | (mod.out_proj.weight.detach() == 0).all(0)).reshape(h, d)
+    v_gone = (_zero_rows(wv, bv) | (out_projection(mod).weight.detach() == 0).all(0)).reshape(h, d)
     qk_gone = (_zero_rows(wq, bq) | _zero_rows(wk, bk)).reshape(h, d)
     if not bool(v_gone.any() or qk_gone.any()):
         return whole
+    if fused_qkv(mod):
+        heads = [i for i in range(h) if not bool(v_gone[i].all())] or [0]
+        plan = AttentionPlan(name, h, d, heads, [list(range(d))] * len(heads), [list(range(d))] * len(heads))
+        narrower = sum(int(v_gone[i].sum() + qk_gone[i].sum()) for i in heads)
+        if narrower:
+            plan.kept_beyond_masks = {"value": int(sum(int(v_gone[i].sum()) for i in heads)),
+                                      "query_key": int(sum(int(qk_gone[i].sum()) for i in heads)),
+                                      "why": "a fused qkv projection reshapes into heads of one width: "
+                                             "only whole heads go"}
+        return plan
     if weights_read:
         whole.reason = "the network reads the attention weights (the second output)"
         return whole

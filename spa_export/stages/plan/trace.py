@@ -31,6 +31,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from spa_export.nets.attention import fused_qkv
 from spa_export.runtime.inputs import Inputs, random_tensors
 from spa_export.safety.errors import ArchitectureError
 from spa_export.stages.plan import ops
@@ -123,9 +124,9 @@ def trace_channels(model: nn.Module, inputs: Inputs, *, seed: int = 0) -> Channe
     ``inputs``: :class:`~spa_export.runtime.inputs.InputSpec` s, in the order of ``forward``'s arguments.
     """
     specs = inputs
-    tracer = _Tracer()
     try:
-        gm = fx.GraphModule(model, tracer.trace(model))  # shares the model's modules, changes none
+        tracer, traced = _trace(model)
+        gm = fx.GraphModule(model, traced)  # shares the model's modules, changes none
     except Exception as err:
         raise ArchitectureError(
             f"the network cannot be traced with torch.fx ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
@@ -139,6 +140,47 @@ def trace_channels(model: nn.Module, inputs: Inputs, *, seed: int = 0) -> Channe
     with torch.no_grad():
         _Interpreter(gm, graph, calls).run(*probe)
     return graph
+
+
+def _trace(model: nn.Module, rounds: int = 8) -> tuple[_Tracer, fx.Graph]:
+    """Trace ``model``; where its own code cannot be traced, call the function that fails as one step.
+
+    A network's ``forward`` may call a helper with control flow on shapes (timm's ViT resamples
+    its position embedding with ``resample_abs_pos_embed``, which compares token counts). Such a
+    function, a plain function of a module's globals, is wrapped (torch.fx's ``autowrap_functions``)
+    and traced again: it becomes one node, run as a whole on real values, keeping the channels it
+    reads and writes. A failure in a method of the network itself still leaves it untraced.
+    """
+    wrapped: list = []
+    while True:
+        tracer = _Tracer(autowrap_functions=tuple(wrapped))
+        try:
+            return tracer, tracer.trace(model)
+        except Exception as err:
+            fn = _failing_function(err)
+            if fn is None or fn in wrapped or len(wrapped) >= rounds:
+                raise
+            wrapped.append(fn)
+
+
+def _failing_function(err: BaseException) -> object | None:
+    """The innermost function outside torch where ``err`` was raised, if it is a plain module-level function."""
+    import types
+
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    torch_dir = torch.__file__.rsplit("/", 1)[0]
+    for frame in reversed(frames):
+        if frame.f_code.co_filename.startswith(torch_dir):
+            continue
+        fn = frame.f_globals.get(frame.f_code.co_name)
+        if isinstance(fn, types.FunctionType) and fn.__code__ is frame.f_code:
+            return fn
+        return None
+    return None
 
 
 class _Tracer(fx.Tracer):
@@ -159,9 +201,15 @@ class _Tracer(fx.Tracer):
     whole network untraced.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.opaque: dict[str, str] = {}
+    def __init__(self, autowrap_functions: tuple = ()) -> None:
+        super().__init__(autowrap_functions=autowrap_functions)
+        self.opaque: dict[str, str] = {
+            f"{fn.__module__}.{fn.__qualname__}": "a function torch.fx cannot trace, called as one step"
+            for fn in autowrap_functions}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # timm's attention is planned as a whole, like nn.MultiheadAttention (heads, not channels)
+        return fused_qkv(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: object, args: tuple, kwargs: dict) -> object:
         if type(m) is nn.TransformerEncoderLayer:
@@ -291,7 +339,7 @@ class _Interpreter(fx.Interpreter):
         stateful = any(True for _ in mod.parameters()) or any(True for _ in mod.buffers())
         if self.calls[n.target] > 1 and stateful:
             return self.barrier(n, result, f"{kind} called more than once")
-        if type(mod) is nn.MultiheadAttention:
+        if type(mod) is nn.MultiheadAttention or fused_qkv(mod):
             return self.attention(n, mod, result)
         if n.target in self.g.opaque:
             return self.barrier(n, result, f"{kind}, which torch.fx cannot trace ({self.g.opaque[n.target]}), "
@@ -364,20 +412,26 @@ class _Interpreter(fx.Interpreter):
         self.g.producers.append(Producer(name, ids, 1, module=name, dep=dep))
         return Slot(ids, dep, -1)
 
-    def attention(self, n: fx.Node, mod: nn.MultiheadAttention, result: object) -> None:
-        """Self- or cross-attention: its inputs and outputs stay, its heads are planned apart."""
+    def attention(self, n: fx.Node, mod: nn.Module, result: object) -> Slot | None:
+        """Self- or cross-attention: its inputs and outputs stay, its heads are planned apart.
+
+        ``nn.MultiheadAttention`` returns ``(output, weights)``; timm's ``Attention`` its output."""
         reason = f"read by attention '{n.target}' (its input features stay)"
         for arg in n.all_input_nodes:
             s = self.slots.get(arg.name)
             if s is not None:
                 self.g.holds.append((s.ids, reason))
-        if not isinstance(result, tuple) or not isinstance(result[0], torch.Tensor) or result[0].dim() < 2:
+        out = result[0] if isinstance(result, tuple) else result
+        if not isinstance(out, torch.Tensor) or out.dim() < 2:
             return None
-        out = result[0]
         ids = self.g.new_ids(int(out.shape[-1]), n.name)
         self.g.holds.append((ids, f"the output of attention '{n.target}'"))
         self.g.producers.append(Producer(n.name, ids))
-        self.items[n.name] = (Slot(ids, np.ones(len(ids), dtype=bool), -1), None)
+        slot = Slot(ids, np.ones(len(ids), dtype=bool), -1)
+        if not isinstance(result, tuple):
+            self.g.attention[n.target] = False     # timm's Attention returns no weights
+            return slot
+        self.items[n.name] = (slot, None)
         self.g.attention[n.target] = _reads_weights(n)
         return None
 

@@ -186,3 +186,38 @@ def test_the_residual_stream_is_reported_once_per_model(model: str) -> None:
     pruned = apply_plan(net, plan)
     assert all(pruned.get_submodule(n).out_features == 32 for n, m in net.named_modules() if m in layers)
     assert _error(net, pruned, shape) < 1e-5
+
+
+def test_timm_attention_loses_whole_heads_through_the_whole_build(tmp_path) -> None:
+    """timm's Attention (one fused qkv Linear reshaped into heads): a head whose value rows are masked,
+    and one whose proj columns are, go whole; the build verifies the ONNX file against the reference."""
+    pytest.importorskip("timm", reason="timm is in the test extra")
+    import json
+
+    from safetensors.torch import save_file
+
+    from spa_export import BuildOptions, LayerSpa, build, make_spa, write_spa
+    from spa_export.pack.synth import random_base
+
+    arch, shape = "timm.models.vision_transformer:test_vit", (1, 3, 160, 160)
+    base = random_base(arch, as_inputs(shape), seed=0)
+    d = 32                                    # test_vit: 2 heads of 32 per block, width 64
+    v_rows = torch.ones(192, dtype=torch.bool)
+    v_rows[128 + d:128 + 2 * d] = False       # head 1's value rows of block 0
+    proj_cols = torch.ones(64, dtype=torch.bool)
+    proj_cols[:d] = False                     # head 0's columns of block 1's output projection
+    spa = make_spa([LayerSpa("blocks.0.attn.qkv", out_mask=v_rows), LayerSpa("blocks.1.attn.proj", in_mask=proj_cols)],
+                   task="heads", arch=arch)
+    save_file(base, str(tmp_path / "base.safetensors"))
+    write_spa(spa, tmp_path / "heads.spa")
+    report = build(BuildOptions(base=tmp_path / "base.safetensors", spa=tmp_path / "heads.spa",
+                                out=tmp_path / "out", input_shape=shape, arch=arch, quiet=True)).report
+    assert report["verification"]["passed"]
+    heads = report["plan"]["attention"]
+    assert heads["blocks.0.attn"]["heads_kept"] == [0] and heads["blocks.1.attn"]["heads_kept"] == [1]
+    import onnx
+
+    dims = [list(i.dims) for i in onnx.load(tmp_path / "out" / "model.onnx").graph.initializer]
+    # the two pruned blocks: qkv 64 -> 96 (3 x one head), proj 32 -> 64; the other four keep 192 and 64
+    assert dims.count([64, 96]) == 2 and dims.count([32, 64]) == 2, json.dumps(dims)
+    assert report["params"]["pruned"] < report["params"]["dense"]
