@@ -22,21 +22,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 timm = pytest.importorskip("timm", reason="timm is in the test extra")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages" / "plan"))
 from timm_families import load  # noqa: E402
 from tp_masks import build, torch_pruning_masks  # noqa: E402
+from zoo_check import params, prune_and_compare  # noqa: E402
 
-from spa_export.nets.arch import build_model, load_into, resize_for_overrides  # noqa: E402
+from spa_export.nets.arch import build_model  # noqa: E402
 from spa_export.pack.synth import random_base, synth_spa  # noqa: E402
 from spa_export.runtime.inputs import as_inputs  # noqa: E402
-from spa_export.stages.apply import apply_plan  # noqa: E402
-from spa_export.stages.merge import merge  # noqa: E402
-from spa_export.stages.plan import make_plan  # noqa: E402
-from spa_export.stages.reference import build_reference  # noqa: E402
 
 FAMILIES = load()["families"]
 SMALL = 64
@@ -82,24 +78,10 @@ def _check(family: str, masks: str) -> dict:
         base = random_base(arch, as_inputs(shape), seed=0)
         spa = synth_spa(arch, as_inputs(shape), prune=0.5, rank=2, seed=1, masks=masks.split(" ")[0],
                         base_state=base)
-        model = build_model(arch)
-        resize_for_overrides(model, spa.overrides)
-        load_into(model, base)
-    merged, _ = merge(model, spa)
-    plan = make_plan(merged, as_inputs(shape))
-    pruned = apply_plan(merged, plan)
-    reference = build_reference(arch, base, spa)
-    x = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        expected, got = reference(x), pruned(x)
-    expected = expected if isinstance(expected, torch.Tensor) else expected[0]
-    got = got if isinstance(got, torch.Tensor) else got[0]
-    scale = float(expected.abs().max())
-    assert scale > 0 and torch.isfinite(expected).all()
-    assert float((expected - got).abs().max()) <= 1e-4 * scale, f"{arch} {masks}: not exact"
+        model = None
+    merged, plan, pruned = prune_and_compare(arch, base, spa, shape, model)
     row = {"family": family, "model": FAMILIES[family]["model"], "masks": masks, "input": size,
-           "dense": sum(p.numel() for p in merged.parameters()),
-           "pruned": sum(p.numel() for p in pruned.parameters()), "minimum": minimum, "reason": _reason(plan),
+           "dense": params(merged), "pruned": params(pruned), "minimum": minimum, "reason": _reason(plan),
            "no_minimum": yardstick}
     record = os.environ.get("SPA_ZOO_RECORD")
     if record:

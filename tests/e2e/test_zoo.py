@@ -14,15 +14,10 @@ import json
 import os
 
 import pytest
-import torch
 import torchvision
+from zoo_check import params, prune_and_compare
 
-from spa_export.nets.arch import build_model, load_into, resize_for_overrides
 from spa_export.pack.synth import random_base, synth_spa
-from spa_export.runtime.inputs import as_inputs
-from spa_export.stages.merge import merge
-from spa_export.stages.plan import make_plan
-from spa_export.stages.reference import build_reference
 
 LARGE_INPUT = {"inception_v3": 96, "vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224, "vit_l_32": 224,
                "vit_h_14": 224, "swin_t": 64, "swin_s": 64, "swin_b": 64, "swin_v2_t": 64, "swin_v2_s": 64,
@@ -38,22 +33,8 @@ def _check(name: str, masks: str, default_size: int = 32) -> tuple[int, int]:
     shape = (1, 3, size, size)
     base = random_base(arch, shape, seed=0)
     spa = synth_spa(arch, shape, prune=0.5, rank=2, seed=1, masks=masks, base_state=base)
-    model = build_model(arch)
-    resize_for_overrides(model, spa.overrides)
-    load_into(model, base)
-    merged, _ = merge(model, spa)
-    from spa_export.stages.apply import apply_plan
-
-    plan = make_plan(merged, as_inputs(shape))
-    pruned = apply_plan(merged, plan)
-    reference = build_reference(arch, base, spa)
-    x = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        expected, got = reference(x), pruned(x)
-    scale = float(expected.abs().max())
-    assert scale > 0 and torch.isfinite(expected).all()
-    assert float((expected - got).abs().max()) <= 1e-4 * scale, f"{name} {masks}: not exact"
-    dense, kept = sum(p.numel() for p in merged.parameters()), sum(p.numel() for p in pruned.parameters())
+    merged, plan, pruned = prune_and_compare(arch, base, spa, shape)
+    dense, kept = params(merged), params(pruned)
     record = os.environ.get("SPA_ZOO_RECORD")   # a JSON-lines file for ZOO_RESULTS.md's removal table
     if record:
         heads = [(ap.num_heads, len(ap.heads)) for ap in plan.attention.values()]

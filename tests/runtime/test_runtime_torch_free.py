@@ -1,7 +1,8 @@
 """The runtime half must run where torch is absent (a Jetson next to onnxruntime/TensorRT).
 
-A subprocess blocks ``import torch`` with a ``sys.meta_path`` finder, imports every
-runtime, report and bench/engine CLI module, builds a tiny ONNX model with
+A subprocess blocks ``import torch`` with a ``sys.meta_path`` finder, imports the package and
+every module of the floors without torch (safety, runtime, report: found by walking them, so a new
+module is covered too) and the bench/engine CLI modules, builds a tiny ONNX model with
 ``onnx.helper`` and runs ``spa-export bench`` on it through the real entry point.
 """
 
@@ -30,15 +31,17 @@ SCRIPT = textwrap.dedent('''
     sys.meta_path.insert(0, BlockTorch())
 
     import importlib
-    for module in [
-        "spa_export.runtime", "spa_export.runtime.runner", "spa_export.runtime.onnxrt",
-        "spa_export.runtime.tensorrt", "spa_export.runtime.engine", "spa_export.runtime.timing",
-        "spa_export.runtime.environment", "spa_export.runtime.bench",
-        "spa_export.runtime.torch_cuda",
-        "spa_export.report", "spa_export.report.markdown", "spa_export.report.plots",
-        "spa_export.cli.bench_cmd", "spa_export.cli.engine_cmd",
-    ]:
+    import pkgutil
+
+    import spa_export
+    floors = ["spa_export"]   # the package itself, every module of the floors without torch, the runtime CLI
+    for floor in ("safety", "runtime", "report"):
+        package = importlib.import_module(f"spa_export.{floor}")
+        floors += [package.__name__] + [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
+    for module in [*floors, "spa_export.cli.bench_cmd", "spa_export.cli.engine_cmd"]:
         importlib.import_module(module)
+    assert len(floors) > 20 and "torch" not in sys.modules, floors
+    assert spa_export.__version__
 
     import numpy as np
     import onnx
