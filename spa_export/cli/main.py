@@ -21,7 +21,17 @@ from spa_export.safety.errors import SpaExportError, os_error_message, shown
 
 
 class _Group(click.Group):
-    """A click group that turns our typed errors and the signals into clean exits."""
+    """A click group that turns our typed errors, usage errors and the signals into clean exits."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: object) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:   # no arguments at all: click shows the help
+            raise
+        except click.UsageError as err:   # the group's own options, before any command runs
+            click.echo(f"error: {_usage(err)}", err=True)
+            sys.exit(2)
 
     def invoke(self, ctx: click.Context) -> object:
         debug = bool(ctx.obj and ctx.obj.get("debug"))
@@ -43,6 +53,10 @@ class _Group(click.Group):
             _fail(ctx, debug, "out of memory; nothing was written", 2)
         except OSError as err:  # the machine's own failure: full disk, read-only file system...
             _fail(ctx, debug, f"{os_error_message(err)}; nothing was written", 2)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as err:  # one line, as for every bad input
+            _fail(ctx, debug, _usage(err), 2)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except ModuleNotFoundError as err:  # an optional dependency: say which install brings it
@@ -82,6 +96,12 @@ def _fail(ctx: click.Context, debug: bool, text: str, code: int) -> None:
         traceback.print_exc()
     click.echo(f"error: {shown(_one_line(text), MAX_ERROR_CHARS)}", err=True)
     ctx.exit(code)
+
+
+def _usage(err: click.UsageError) -> str:
+    """A usage error as one line that says where help is: click's own takes three."""
+    where = err.ctx.command_path if err.ctx is not None else "spa-export"
+    return f"{_one_line(err.format_message())} (see '{where} --help')"
 
 
 def _one_line(err: object) -> str:

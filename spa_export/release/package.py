@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from spa_export import __version__
-from spa_export.release.recipe import Recipe, Task
+from spa_export.release.recipe import MANIFEST, SUMMARY, Recipe, Task
 from spa_export.runtime.environment import library_versions
 from spa_export.runtime.inputs import to_json as inputs_json
 from spa_export.safety.errors import InputError, shown
@@ -37,8 +37,6 @@ from spa_export.safety.progress import StageProgress
 from spa_export.safety.publish import publish_whole, staged
 from spa_export.stages.pipeline import BuildOptions, run_task, stage_names, validate_options
 
-MANIFEST = "manifest.json"
-SUMMARY = "summary.md"
 MANIFEST_VERSION = 1
 #: Library versions that decide the bytes of the artefacts (recorded in the hashed part).
 LIBRARIES = ("torch", "torchvision", "onnx", "onnxsim", "onnxscript", "numpy", "safetensors")
@@ -94,6 +92,12 @@ def select_tasks(recipe: Recipe, names: Sequence[str], shard: tuple[int, int] | 
         if n > len(recipe.tasks):
             raise InputError(f"--shard {i}/{n}: the recipe has {len(recipe.tasks)} tasks, fewer than {n} parts")
         tasks = [t for k, t in enumerate(tasks) if k % n == i - 1]
+    if not tasks:   # a part with no task would publish an empty package
+        chosen = [t.name for t in recipe.tasks if t.name in set(names)]
+        i, n = shard
+        holds = ", ".join(t.name for k, t in enumerate(recipe.tasks) if k % n == i - 1)
+        raise InputError(f"--task {', '.join(chosen)} with --shard {i}/{n} selects no task of {recipe.path}: "
+                         f"shard {i}/{n} holds {holds}; drop --shard, or name tasks it holds")
     return tasks
 
 

@@ -272,10 +272,21 @@ def _tasks(value: Any, path: Path, folder: Path) -> tuple[Task, ...]:
             fields["spa"].stem, f"{where}: the name taken from the SPA file's name (give name:)")
         tasks.append(Task(name, fields["spa"], fields.get("eval"), fields.get("inputs", ())))
     names = [t.name for t in tasks]
+    reserved = [n for n in names if n.lower() in PACKAGE_FILES]
+    if reserved:
+        raise InputError(f"{path}: key 'tasks': task name '{reserved[0]}' is a file of the package itself "
+                         f"({', '.join(sorted(PACKAGE_FILES))}); give the task another name:")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"{path}: key 'tasks': task name '{dupes[0]}' is used twice; names are folders")
     return tuple(tasks)
+
+
+#: The files a package holds beside its task folders; no task may take their names (compared
+#: case-insensitively, for file systems that ignore case).
+MANIFEST = "manifest.json"
+SUMMARY = "summary.md"
+PACKAGE_FILES = frozenset({MANIFEST, SUMMARY})
 
 
 def parse_recipe(data: Any, path: Path) -> Recipe:

@@ -57,7 +57,8 @@ def _spellings(path: str | os.PathLike[str]) -> set[Path]:
 
 
 def _guarded(out: Path, inputs: Iterable[str | os.PathLike[str]], option: str) -> None:
-    """Refuse an output location that is, or contains, the current directory or an input."""
+    """Refuse an output location that is, or contains, the current directory or an input, or that
+    lies inside an input folder (a part that ``assemble`` reads)."""
     outs = _spellings(out)
     cwd = _spellings(os.getcwd())
     for o in outs:
@@ -72,6 +73,9 @@ def _guarded(out: Path, inputs: Iterable[str | os.PathLike[str]], option: str) -
                 if _within(i, o):
                     what = "is" if i == o else "contains"
                     raise InputError(f"{option} {out}: {what} the input {item}; give a folder apart "
+                                     "from the inputs")
+                if os.path.isdir(i) and _within(o, i):
+                    raise InputError(f"{option} {out}: lies inside the input {item}; give a folder apart "
                                      "from the inputs")
 
 

@@ -864,6 +864,14 @@ def recipe_task_names_twice(c: Corpus) -> Case:
 
 
 @case
+def recipe_task_named_like_a_package_file(c: Corpus) -> Case:
+    p = _recipe(c, "reserved.yaml", _recipe_head(c) + f"tasks:\n  - name: a\n    spa: {c.spa}\n"
+                f"  - name: Summary.md\n    spa: {c.spa}\n")
+    return Case("", [str(p)], [str(p), "task name 'Summary.md' is a file of the package itself",
+                               "manifest.json, summary.md"])
+
+
+@case
 def recipe_duplicate_key(c: Corpus) -> Case:
     p = _recipe(c, "dupkey.yaml", _recipe_head(c) + f"spa: {c.spa}\nrtol: 0.1\nrtol: 0.2\n")
     return Case("", [str(p)], [str(p), "key 'rtol' is given twice", "line 5"])
@@ -1137,6 +1145,20 @@ def _part(c: Corpus, folder: str, *, base: Path | None = None, shard: str = "1/2
 def assemble_a_task_missing(c: Corpus) -> Case:
     return Case("", [str(_part(c, "asm-one"))], ["the parts lack task(s) b", "--task b"], command="assemble",
                 out=c.path("assembled"))
+
+
+@case
+def assemble_into_one_of_its_parts(c: Corpus) -> Case:
+    a, b = _part(c, "asm-into1"), _part(c, "asm-into2", shard="2/2")
+    return Case("", [str(a), str(b)], ["--out", str(a / "merged"), "lies inside the input", str(a)],
+                command="assemble", out=a / "merged")
+
+
+@case
+def shard_and_task_that_select_nothing(c: Corpus) -> Case:
+    recipe = _part(c, "asm-empty").parent / "recipe.yaml"
+    return Case("", [str(recipe), "--task", "a", "--shard", "2/2"],
+                ["--task a with --shard 2/2 selects no task", "shard 2/2 holds b"])
 
 
 @case
