@@ -139,7 +139,7 @@ def _reason(key: str, value: torch.Tensor, base: torch.Tensor, mod: nn.Module | 
 def pack_model(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None, *,
                masks: Mapping[str, MaskPair] | None = None, task: str | None = None, arch: str | None = None,
                input_shape: object = None, description: str | None = None,
-               seed: int = 0) -> PackResult:
+               seed: int = 0, masks_source: str = "the given masks") -> PackResult:
     """The SPA file of the adapted network ``model`` over ``base_state``, and the report of it.
 
     ``base_state`` is the original network's state dict (None: the network's
@@ -162,7 +162,7 @@ def pack_model(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None, 
     for name, mod in attention.items():
         split_net.update(split_state(name, mod._qkv_same_embed_dim, net))
         split_base.update(split_state(name, mod._qkv_same_embed_dim, base))
-    found = find_masks(model, {**base, **split_base}, masks)
+    found = find_masks(model, {**base, **split_base}, masks, given_source=masks_source)
     modules = dict(model.named_modules())
     overrides: dict[str, torch.Tensor] = {}
     reasons: list[dict] = []
@@ -341,7 +341,7 @@ def pack_checkpoint(arch: str, base: Path, adapted: Path, *, masks: Path | None 
     model = rebuild_adapted(arch, state, source=adapted)
     given = _read_masks(masks) if masks is not None else None
     result = pack_model(model, base_state, masks=given, task=task, arch=arch, input_shape=input_shape,
-                        seed=seed)
+                        seed=seed, masks_source=f"--masks {masks}")
     result.report["base_bytes"] = base.stat().st_size
     result.report["fraction_of_base"] = result.report["spa_bytes"] / max(base.stat().st_size, 1)
     return result

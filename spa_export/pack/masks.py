@@ -119,13 +119,18 @@ def _merge(found: LayerMasks, side: str, mask: torch.Tensor | None, source: str,
 
 
 def find_masks(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None,
-               given: Mapping[str, MaskPair] | None = None) -> dict[str, LayerMasks]:
-    """Every layer's masks, from all the sources above (layers without a mask are left out)."""
+               given: Mapping[str, MaskPair] | None = None, *,
+               given_source: str = "the given masks") -> dict[str, LayerMasks]:
+    """Every layer's masks, from all the sources above (layers without a mask are left out).
+
+    ``given_source`` names where ``given`` came from (``--masks FILE``) in every error about it.
+    """
     modules = dict(model.named_modules())
     given = dict(given or {})
     for name in given:
         if not name or not isinstance(modules.get(name), LAYERS):
-            raise InputError(f"mask for '{shown(name)}': no Linear or ConvNd layer of that name in the network")
+            raise InputError(f"{given_source}: mask for '{shown(name)}': no Linear or ConvNd layer of that name "
+                             "in the network")
     found: dict[str, LayerMasks] = {}
     for name, mod in modules.items():
         if not name or not isinstance(mod, LAYERS):
@@ -134,11 +139,11 @@ def find_masks(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None,
         masks = LayerMasks()
         out_given, in_given = given.get(name, (None, None))
         if out_given is not None:
-            _merge(masks, "out", binary_mask(out_given, out_size, f"'{shown(name)}' out_mask"), "the given masks",
-                   name)
+            _merge(masks, "out", binary_mask(out_given, out_size, f"{given_source}: '{shown(name)}' out_mask"),
+                   given_source, name)
         if in_given is not None:
-            _merge(masks, "in", binary_mask(in_given, in_size, f"'{shown(name)}' in_mask"), "the given masks",
-                   name)
+            _merge(masks, "in", binary_mask(in_given, in_size, f"{given_source}: '{shown(name)}' in_mask"),
+                   given_source, name)
         attribute = getattr(mod, "output_mask", None)
         if isinstance(attribute, torch.Tensor):
             _merge(masks, "out", binary_mask(attribute, out_size, f"'{shown(name)}'.output_mask"),

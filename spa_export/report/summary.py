@@ -33,6 +33,26 @@ def channels_kept(report: Mapping[str, Any]) -> tuple[int, int]:
     return (sum(int(g.get("kept") or 0) for g in groups), sum(int(g.get("channels") or 0) for g in groups))
 
 
+def _recipe_order(manifest: Mapping[str, Any], reports: Mapping[str, Any]) -> list[str]:
+    """The tasks as the recipe lists them (then any other, by name)."""
+    listed = [t for t in ((manifest.get("content") or {}).get("recipe") or {}).get("tasks") or [] if t in reports]
+    return listed + sorted(set(reports) - set(listed))
+
+
+def beyond_masks(report: Mapping[str, Any]) -> str:
+    """Why a task keeps channels the masks remove: rounding, and groups kept whole (with the first reason)."""
+    parts = []
+    rounding = report.get("rounding") or {}
+    extra = rounding.get("extra_channels")
+    if isinstance(extra, int) and extra > 0:
+        parts.append(f"{extra} channel(s) kept to round groups to multiples of {rounding.get('multiple')} "
+                     f"({rounding.get('requested')}: faster on this target)")
+    whole = report.get("groups_kept_whole") or []
+    if whole:
+        parts.append(f"{len(whole)} group(s) kept whole, such as {whole[0].get('id')}: {whole[0].get('reason')}")
+    return "; ".join(parts)
+
+
 def _latency(report: Mapping[str, Any]) -> str:
     rows = [s for s in report.get("speedup") or [] if s.get("speedup")]
     if not rows:
@@ -62,20 +82,25 @@ def render_summary(manifest: Mapping[str, Any], reports: Mapping[str, Mapping[st
     lines += [f"Base {base.get('digest', 'n/a')}" + (f", {_bytes(base_bytes)}" if base_bytes else "")
               + f"; tool {content.get('tool', {}).get('version', 'n/a')}; "
               f"content {manifest.get('content_sha256', 'n/a')}.", ""]
-    rows = []
-    for name in sorted(reports):
+    rows, notes = [], []
+    for name in _recipe_order(manifest, reports):
         r = reports[name]
         kept, total = channels_kept(r)
+        why = beyond_masks(r)
+        if why:
+            notes.append(f"{len(notes) + 1}. {name}: {why}.")
         spa_bytes = r.get("spa_bytes")
         spa = _bytes(spa_bytes) + (f" ({spa_bytes / base_bytes:.2%} of base)"
                                    if isinstance(spa_bytes, int) and base_bytes else "")
         rows.append((name, spa, f"{(r.get('learned_params') or {}).get('total', 0):,}",
                      _fraction(r["params"]["pruned"], r["params"]["dense"]),
                      _fraction(r["macs"]["pruned"], r["macs"]["dense"]),
-                     _fraction(kept, total), _accuracy(r), _latency(r),
+                     _fraction(kept, total) + (f" ({len(notes)})" if why else ""), _accuracy(r), _latency(r),
                      "yes" if r["verification"]["passed"] else "**no**"))
     lines += _table(("Task", "SPA file", "Learned params", "Params kept", "MACs kept", "Channels kept",
                      "Accuracy: reference / exported", "Latency p50: dense -> pruned", "Verified"), rows)
+    if notes:
+        lines += ["", "Channels kept beyond what the masks remove, and why:", "", *notes]
     lines += ["", "Accuracy is held-out accuracy of the task's masked reference network and of the exported "
               "`model.onnx`; each task's `report.md` has the details.", ""]
     return "\n".join(lines)

@@ -1061,7 +1061,7 @@ def pack_fractional_masks(c: Corpus) -> Case:
     masks = c.path("fractional-masks.safetensors")
     save_file({"stem.0.out_mask": torch.linspace(0, 1, 16)}, str(masks))
     return Case("", _pack_args(c, _adapted_tiny(c, "adapted1.pt"), "--masks", str(masks)),
-                ["'stem.0' out_mask", "other than 0 and 1", "threshold it first"], command="pack",
+                [f"--masks {masks}: 'stem.0' out_mask", "other than 0 and 1", "threshold it first"], command="pack",
                 out=c.path("packed.spa"))
 
 
@@ -1070,7 +1070,8 @@ def pack_masks_name_no_layer(c: Corpus) -> Case:
     masks = c.path("nolayer-masks.safetensors")
     save_file({"stem.9.out_mask": torch.ones(16, dtype=torch.bool)}, str(masks))
     return Case("", _pack_args(c, _adapted_tiny(c, "adapted2.pt"), "--masks", str(masks)),
-                ["mask for 'stem.9'", "no Linear or ConvNd layer"], command="pack", out=c.path("packed.spa"))
+                [f"--masks {masks}: mask for 'stem.9'", "no Linear or ConvNd layer"], command="pack",
+                out=c.path("packed.spa"))
 
 
 @case
