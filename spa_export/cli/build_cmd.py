@@ -159,7 +159,14 @@ def _build_recipe(path: Path, tasks: tuple[str, ...], shard: str | None, jobs: i
     out = given.get("out") or r.out
     if out is None:
         raise InputError(f"{path}: no out: in the recipe; pass --out")
-    opts = PackageOptions(recipe=r, out=Path(out), tasks=tasks, shard=parse_shard(shard) if shard else None,
+    part = parse_shard(shard) if shard else None
+    if given.get("out") is None and (part or tasks):
+        # a part must never replace the whole package the recipe names (nor another part)
+        if part is None:
+            raise InputError(f"--task without --out would replace the package {out} with part of it; "
+                             "pass --out for the part (and merge parts with spa-export assemble)")
+        out = Path(f"{Path(out)}-part-{part[0]}-of-{part[1]}")
+    opts = PackageOptions(recipe=r, out=Path(out), tasks=tasks, shard=part,
                           jobs=validate.jobs(jobs, "-j"), quiet=bool(given.get("quiet")),
                           overrides=_settings(given))
     return build_package(opts)

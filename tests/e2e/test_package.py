@@ -143,3 +143,22 @@ def test_sigterm_during_a_parallel_build_leaves_nothing_and_the_rerun_works(tmp_
     assert not alive, f"worker processes left: {alive}"
     _build(out)
     assert sorted(json.loads((out / "manifest.json").read_text())["content"]["tasks"]) == sorted(TASKS)
+
+
+def test_a_part_never_replaces_the_whole_package(tmp_path: Path) -> None:
+    """Without --out, a shard goes to its own folder beside the recipe's out; a --task selection is refused."""
+    recipe = tmp_path / "release.yaml"
+    text = RECIPE.read_text().replace("../models/", f"{REPO / 'models'}/").replace("out: ../out/digits", "out: pkg")
+    recipe.write_text(text)
+    whole = tmp_path / "pkg"
+    whole.mkdir()
+    (whole / "keep.txt").write_text("the whole package stays")
+    result = invoke(["build", str(recipe), *FAST, "--shard", "2/3"])
+    assert result.exit_code == 0, result.stderr
+    part = tmp_path / "pkg-part-2-of-3"
+    assert json.loads((part / "manifest.json").read_text())["part"]["tasks"] == [TASKS[1]]
+    refused = invoke(["build", str(recipe), *FAST, "--task", TASKS[0]])
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
+    assert f"--task without --out would replace the package {whole}" in refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg", "pkg-part-2-of-3", "release.yaml"]
+    assert [p.name for p in whole.iterdir()] == ["keep.txt"]
