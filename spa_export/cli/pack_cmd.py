@@ -26,8 +26,10 @@ from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, INPUT_SHAPE_HE
 @click.option("-o", "--output", type=OUTPUT, required=True, help="The SPA file to write.")
 @click.option("--json", "json_out", type=OUTPUT, default=None, help="Also write the pack report as JSON here.")
 @click.option("--force", is_flag=True, help="Replace existing output files (never an input).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="List every mask, override and entry not stored (the pack report, --json, always has them).")
 def pack(arch: str, base: Path, adapted: Path, masks: Path | None, input_shape: tuple, task: str | None,
-         output: Path, json_out: Path | None, force: bool) -> None:
+         output: Path, json_out: Path | None, force: bool, verbose: bool) -> None:
     """Write the task's SPA file: adapters for kept channels, masks, and only the overrides that
     really differ from the base; then check it against the adapted network's forward pass."""
     from spa_export.pack import pack_checkpoint
@@ -47,14 +49,17 @@ def pack(arch: str, base: Path, adapted: Path, masks: Path | None, input_shape: 
     r = result.report
     click.echo(f"{output}: {r['spa_bytes']:,} bytes, {r['fraction_of_base']:.2%} of the base "
                f"({r['base_bytes']:,} bytes); {r['learned_params']['total']:,} learned parameters")
-    for m in r["masks"]:
-        sides = [f"{side} {m[side]['kept']}/{m[side]['of']} kept ({m[side]['source']})"
-                 for side in ("out", "in") if side in m]
-        click.echo(f"  mask {m['layer']}: {'; '.join(sides)}")
-    for o in r["overrides"]:
-        click.echo(f"  override {o['key']}: {o['reason']} ({o['elements']:,} values)")
-    for s in r["not_stored"]:
-        click.echo(f"  not stored {s['key']}: {s['reason']}")
+    if verbose:
+        for m in r["masks"]:
+            sides = [f"{side} {m[side]['kept']}/{m[side]['of']} kept ({m[side]['source']})"
+                     for side in ("out", "in") if side in m]
+            click.echo(f"  mask {m['layer']}: {'; '.join(sides)}")
+        for o in r["overrides"]:
+            click.echo(f"  override {o['key']}: {o['reason']} ({o['elements']:,} values)")
+        for s in r["not_stored"]:
+            click.echo(f"  not stored {s['key']}: {s['reason']}")
+    else:
+        click.echo(_summary(r))
     c = r["check"]
     own = c["vs_own_forward"]
     click.echo(f"  check: the SPA's masked network equals the adapted network with its masks "
@@ -64,3 +69,22 @@ def pack(arch: str, base: Path, adapted: Path, masks: Path | None, input_shape: 
                   + "; ".join(c.get("why_own_forward_differs") or ["the masks prune what the network computes"])))
     if json_out is not None:
         atomic_write_bytes(json_out, (json.dumps(r, indent=2) + "\n").encode())
+
+
+def _counted(rows: list[dict], what: str) -> str:
+    """``3 overrides (batch-norm statistics: 2, a new head: 1)``: how many, by reason."""
+    reasons: dict[str, int] = {}
+    for row in rows:
+        reason = row["reason"].split(" (")[0] if "resized" not in row["reason"] else "a resized head"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    by = ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return f"{len(rows)} {what}" + (f" ({by})" if by else "")
+
+
+def _summary(r: dict) -> str:
+    """Masks, overrides and what was not stored, counted (the lists: --verbose, or the --json report)."""
+    kept = sum(m[s]["kept"] for m in r["masks"] for s in ("out", "in") if s in m)
+    total = sum(m[s]["of"] for m in r["masks"] for s in ("out", "in") if s in m)
+    masks = f"masks on {len(r['masks'])} layer(s), {kept:,} of {total:,} channels kept" if r["masks"] else "no masks"
+    return (f"  {masks}; {_counted(r['overrides'], 'override(s)')}; "
+            f"{_counted(r['not_stored'], 'entry(ies) not stored')} (every one: --verbose or --json)")

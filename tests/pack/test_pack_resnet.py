@@ -69,7 +69,17 @@ def packed(trained: tuple[Path, Path, nn.Module, dict]) -> tuple[Path, dict]:
                      "--input-shape", "1,3,32,32", "--task", "r18", "-o", str(root / "task.spa"),
                      "--json", str(root / "pack.json")])
     assert result.exit_code == 0, result.stderr
+    (root / "pack.out").write_text(result.stdout)
     return root / "task.spa", json.loads((root / "pack.json").read_text())
+
+
+def test_pack_prints_counts_and_the_report_lists_every_entry(trained, packed) -> None:
+    root = trained[0]
+    lines = (root / "pack.out").read_text().splitlines()
+    assert len(lines) == 3, lines          # the file, the counts, the check: not one line per mask or override
+    assert lines[1] == ("  masks on 20 layer(s), 2,400 of 4,800 channels kept; 2 override(s) (a resized head: 2); "
+                        "0 entry(ies) not stored (every one: --verbose or --json)"), lines[1]
+    assert len(packed[1]["masks"]) == 20 and len(packed[1]["overrides"]) == 2
 
 
 def test_the_spa_file_is_under_five_percent_of_the_base(trained, packed) -> None:
