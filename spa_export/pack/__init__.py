@@ -55,7 +55,7 @@ from spa_export.pack.attention import (
     mask_projection,
     split_state,
 )
-from spa_export.pack.masks import LayerMasks, MaskPair, find_masks
+from spa_export.pack.masks import LayerMasks, MaskPair, find_masks, pruning_hooks, refresh_pruned
 from spa_export.runtime.inputs import Inputs
 from spa_export.safety.errors import InputError, shown
 from spa_export.spa import LayerSpa, SpaFile, make_spa, spa_bytes, state_dict_digest
@@ -149,6 +149,8 @@ def pack_model(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None, 
     checked against the network.
     ``model`` is not changed.
     """
+    if pruning_hooks(model):   # prune's weight may be stale: read a copy with it computed again
+        model = refresh_pruned(copy.deepcopy(model))
     adapted = adapted_layers(model)
     attention = library_attention(model)
     fused = {k: name for name, mod in attention.items() for k in fused_keys(name, mod)}

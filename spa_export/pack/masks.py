@@ -118,6 +118,30 @@ def _merge(found: LayerMasks, side: str, mask: torch.Tensor | None, source: str,
                          f"{source} disagree (channels {where}); give the masks explicitly with --masks")
 
 
+def pruning_hooks(model: nn.Module) -> list[tuple[nn.Module, object]]:
+    """``torch.nn.utils.prune``'s forward pre-hooks of every module, with the module."""
+    from torch.nn.utils import prune
+
+    return [(mod, hook) for mod in model.modules() for hook in mod._forward_pre_hooks.values()
+            if isinstance(hook, prune.BasePruningMethod)]
+
+
+def refresh_pruned(model: nn.Module) -> nn.Module:
+    """``model`` with every tensor that ``torch.nn.utils.prune`` reparametrises computed again.
+
+    Prune keeps ``weight`` as a plain attribute, ``weight_orig * weight_mask``,
+    set when pruning is applied and again before each forward pass. Loading a
+    state dict, or an optimiser step after the last forward pass, changes
+    ``weight_orig`` and leaves ``weight`` stale: reading it then reads the
+    weights of another time (of the random initialisation, for a network
+    rebuilt from its state dict). Changes ``model`` in place; returns it.
+    """
+    with torch.no_grad():
+        for mod, hook in pruning_hooks(model):
+            hook(mod, None)   # what the hook does before a forward pass: weight = weight_orig * weight_mask
+    return model
+
+
 def find_masks(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None,
                given: Mapping[str, MaskPair] | None = None, *,
                given_source: str = "the given masks") -> dict[str, LayerMasks]:

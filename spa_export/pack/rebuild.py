@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from spa_export.nets.arch import build_model, load_into, set_submodule
-from spa_export.pack.masks import LAYERS
+from spa_export.pack.masks import LAYERS, refresh_pruned
 from spa_export.safety.errors import CheckpointError, shown
 
 
@@ -97,4 +97,4 @@ def rebuild_adapted(arch: str, state: Mapping[str, torch.Tensor], *, source: obj
         if new is not model.get_submodule(name):
             set_submodule(model, name, new)
     load_into(model, dict(state), source=source)
-    return model.eval()
+    return refresh_pruned(model).eval()   # prune's weight was computed before the state was loaded
