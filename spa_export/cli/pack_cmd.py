@@ -26,10 +26,14 @@ from spa_export.cli.options import ARCH_HELP, INPUT, INPUT_SHAPE, INPUT_SHAPE_HE
 @click.option("-o", "--output", type=OUTPUT, required=True, help="The SPA file to write.")
 @click.option("--json", "json_out", type=OUTPUT, default=None, help="Also write the pack report as JSON here.")
 @click.option("--force", is_flag=True, help="Replace existing output files (never an input).")
+@click.option("--accept-masks", is_flag=True,
+              help="Ship the masks' meaning where the trained network still writes masked channels (its "
+                   "adapters' pruned rows are not zero): recorded in the SPA's description. Without it, "
+                   "such a mismatch fails (exit 1) and nothing is written.")
 @click.option("-v", "--verbose", is_flag=True,
               help="List every mask, override and entry not stored (the pack report, --json, always has them).")
 def pack(arch: str, base: Path, adapted: Path, masks: Path | None, input_shape: tuple, task: str | None,
-         output: Path, json_out: Path | None, force: bool, verbose: bool) -> None:
+         output: Path, json_out: Path | None, force: bool, accept_masks: bool, verbose: bool) -> None:
     """Write the task's SPA file: adapters for kept channels, masks, and only the overrides that
     really differ from the base; then check it against the adapted network's forward pass."""
     from spa_export.pack import pack_checkpoint
@@ -44,7 +48,8 @@ def pack(arch: str, base: Path, adapted: Path, masks: Path | None, input_shape: 
         json_out = check_out_file(json_out, inputs=[*inputs, output], option="--json", force=force)
     if task is not None:
         validate.task_name(task, "--task")
-    result = pack_checkpoint(arch, base, adapted, masks=masks, task=task, input_shape=input_shape)
+    result = pack_checkpoint(arch, base, adapted, masks=masks, task=task, input_shape=input_shape,
+                             accept_masks=accept_masks)
     write_spa(result.spa, output)
     r = result.report
     click.echo(f"{output}: {r['spa_bytes']:,} bytes, {r['fraction_of_base']:.2%} of the base "
@@ -65,8 +70,7 @@ def pack(arch: str, base: Path, adapted: Path, masks: Path | None, input_shape: 
     click.echo(f"  check: the SPA's masked network equals the adapted network with its masks "
                f"(worst {c['vs_masked_network']['max_err_over_scale']:.2e} of the output's scale); "
                + ("and its own forward pass" if own["passed"] else
-                  f"NOT its own forward pass (worst {own['max_err_over_scale']:.2e}): "
-                  + "; ".join(c.get("why_own_forward_differs") or ["the masks prune what the network computes"])))
+                  f"not its own forward pass (worst {own['max_err_over_scale']:.2e}): {c['accepted']}"))
     if json_out is not None:
         atomic_write_bytes(json_out, (json.dumps(r, indent=2) + "\n").encode())
 

@@ -57,7 +57,7 @@ from spa_export.pack.attention import (
 )
 from spa_export.pack.masks import LayerMasks, MaskPair, find_masks, pruning_hooks, refresh_pruned
 from spa_export.runtime.inputs import Inputs
-from spa_export.safety.errors import InputError, shown
+from spa_export.safety.errors import InputError, VerificationError, shown
 from spa_export.spa import LayerSpa, SpaFile, make_spa, spa_bytes, state_dict_digest
 from spa_export.spa.projections import PARTS
 
@@ -139,7 +139,7 @@ def _reason(key: str, value: torch.Tensor, base: torch.Tensor, mod: nn.Module | 
 def pack_model(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None, *,
                masks: Mapping[str, MaskPair] | None = None, task: str | None = None, arch: str | None = None,
                input_shape: object = None, description: str | None = None,
-               seed: int = 0, masks_source: str = "the given masks") -> PackResult:
+               seed: int = 0, masks_source: str = "the given masks", accept_masks: bool = False) -> PackResult:
     """The SPA file of the adapted network ``model`` over ``base_state``, and the report of it.
 
     ``base_state`` is the original network's state dict (None: the network's
@@ -148,6 +148,12 @@ def pack_model(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None, 
     ``arch`` and ``input_shape`` (a shape, or InputSpecs: see :mod:`spa_export.runtime.inputs`) the file is
     checked against the network.
     ``model`` is not changed.
+
+    When the file is checked and the SPA's masked network does not compute what ``model``
+    itself computes (masked output channels that its adapters or biases still write), that
+    is a :class:`~spa_export.safety.errors.VerificationError` naming the layers, unless
+    ``accept_masks``: then the masks' meaning is what ships, and the SPA's description and
+    the report's ``check.accepted`` say so.
     """
     if pruning_hooks(model):   # prune's weight may be stale: read a copy with it computed again
         model = refresh_pruned(copy.deepcopy(model))
@@ -225,6 +231,23 @@ def pack_model(model: nn.Module, base_state: Mapping[str, torch.Tensor] | None, 
         from spa_export.runtime.inputs import as_inputs
 
         report["check"] = check(model, spa, base, arch, as_inputs(input_shape), found, seed=seed)
+        differs = report["check"].get("why_own_forward_differs")
+        if differs is not None:
+            if not accept_masks:
+                raise VerificationError(
+                    "the packed SPA does not compute what the trained network computes: "
+                    f"{'; '.join(differs[:3]) or 'its output differs'}"
+                    f"{f' and {len(differs) - 3} more layer(s)' if len(differs) > 3 else ''}. "
+                    "The masks prune channels the network still writes; zero the pruned rows of each "
+                    "adapter (and bias) in training so that the network is its masks, or accept the masks' "
+                    "meaning (--accept-masks; recorded in the SPA) if the masked network is what you want")
+            note = (f"masks accepted (--accept-masks): the masked channels that the trained network still "
+                    f"wrote are zeroed, as the masks say ({len(differs)} layer(s))")
+            spa = make_spa(layers, overrides, task=task, arch=arch, base_digest=digest,
+                           description=f"{spa.description}; {note}")
+            report["check"]["accepted"] = note
+            report["spa_bytes"] = len(spa_bytes(spa))
+            report["fraction_of_base"] = report["spa_bytes"] / max(report["base_tensor_bytes"], 1)
     return PackResult(spa, report)
 
 
@@ -333,7 +356,7 @@ def _leaks(model: nn.Module, found: Mapping[str, LayerMasks]) -> list[str]:
 
 
 def pack_checkpoint(arch: str, base: Path, adapted: Path, *, masks: Path | None = None, task: str | None = None,
-                    input_shape: object, seed: int = 0) -> PackResult:
+                    input_shape: object, seed: int = 0, accept_masks: bool = False) -> PackResult:
     """:func:`pack_model` of a saved adapted state dict (``spa-export pack``)."""
     from spa_export.nets.checkpoint import load_state_dict_file
     from spa_export.pack.rebuild import rebuild_adapted
@@ -343,7 +366,7 @@ def pack_checkpoint(arch: str, base: Path, adapted: Path, *, masks: Path | None 
     model = rebuild_adapted(arch, state, source=adapted)
     given = _read_masks(masks) if masks is not None else None
     result = pack_model(model, base_state, masks=given, task=task, arch=arch, input_shape=input_shape,
-                        seed=seed, masks_source=f"--masks {masks}")
+                        seed=seed, masks_source=f"--masks {masks}", accept_masks=accept_masks)
     result.report["base_bytes"] = base.stat().st_size
     result.report["fraction_of_base"] = result.report["spa_bytes"] / max(base.stat().st_size, 1)
     return result

@@ -14,7 +14,8 @@ sp_adapters = pytest.importorskip("sp_adapters")
 from spa_export.examples import prune_output_channels  # noqa: E402
 from spa_export.pack import pack_model  # noqa: E402
 from spa_export.pack.masks import binary_mask, find_masks  # noqa: E402
-from spa_export.safety.errors import InputError  # noqa: E402
+from spa_export.safety.errors import InputError, VerificationError  # noqa: E402
+from spa_export.spa import spa_bytes  # noqa: E402
 from spa_export.stages.reference import build_reference  # noqa: E402
 
 ARCH = "factories_pack:small"
@@ -112,14 +113,21 @@ def test_sources_that_disagree_are_refused(base: dict[str, torch.Tensor]) -> Non
 
 
 def test_given_masks_prune_what_the_network_computes(base: dict[str, torch.Tensor]) -> None:
-    """Masks given for an unpruned network: the SPA is the masked network, and the report says how
-    it differs from the network's own forward pass."""
+    """Masks given for an unpruned network: the SPA would not compute what the trained network computes.
+    That fails, naming the layer and the fixes; accepted explicitly, the SPA is the masked network, and
+    its description and the report say so."""
     lib = _adapted(base)
-    result = pack_model(lib, base, masks={"conv1": (KEEP, None)}, arch=ARCH, input_shape=SHAPE)
+    with pytest.raises(VerificationError, match=r"does not compute what the trained network computes: conv1: 3 "
+                                                r"masked output channel\(s\) still written by its adapter or bias\. "
+                                                r".*zero the pruned rows of each adapter.*--accept-masks"):
+        pack_model(lib, base, masks={"conv1": (KEEP, None)}, arch=ARCH, input_shape=SHAPE)
+    result = pack_model(lib, base, masks={"conv1": (KEEP, None)}, arch=ARCH, input_shape=SHAPE, accept_masks=True)
     check = result.report["check"]
     assert check["vs_masked_network"]["passed"] and not check["vs_own_forward"]["passed"]
     assert check["why_own_forward_differs"] == ["conv1: 3 masked output channel(s) still written by its adapter "
                                                 "or bias"]
+    assert check["accepted"].startswith("masks accepted (--accept-masks)")
+    assert result.spa.description.endswith(check["accepted"]) and result.report["spa_bytes"] == len(spa_bytes(result.spa))
 
 
 def test_overrides_only_where_the_task_differs(base: dict[str, torch.Tensor]) -> None:
@@ -159,5 +167,5 @@ def test_grouped_adapter_is_stored_merged_and_exact(base: dict[str, torch.Tensor
 def test_the_callers_network_is_not_changed(base: dict[str, torch.Tensor]) -> None:
     lib = _adapted(base).train()
     before = copy.deepcopy(lib.state_dict())
-    pack_model(lib, base, masks={"conv1": (KEEP, None)}, arch=ARCH, input_shape=SHAPE)
+    pack_model(lib, base, masks={"conv1": (KEEP, None)}, arch=ARCH, input_shape=SHAPE, accept_masks=True)
     assert lib.training and all(torch.equal(before[k], v) for k, v in lib.state_dict().items())
