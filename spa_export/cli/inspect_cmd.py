@@ -31,7 +31,7 @@ def inspect_(spa_file: Path, base: Path | None, arch: str | None, input_shape: t
     click.echo(f"{spa_file}: task {task!r}, arch {arch_!r}")
     click.echo(f"  learned parameters (paper's count): {info['learned_params']['total']:,}")
     for layer in info["layers"]:
-        kept = f"out {layer['out_kept']}/{layer['out']}" if layer["out"] else "out ?"
+        kept = f"out {layer['out_kept']}/{layer['out']}" if layer["out"] else "out width not in the file (give --base)"
         kept += f", in {layer['in_kept']}/{layer['in']}" if layer["in"] else ""
         click.echo(f"  {shown(layer['name'])}: {layer['kind'] or 'masks only'}"
                    f"{' rank ' + str(layer['rank']) if layer['rank'] else ''}; {kept}")

@@ -53,6 +53,12 @@ def beyond_masks(report: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def timing_threads(reports: Mapping[str, Mapping[str, Any]]) -> list[int]:
+    """The intra-op thread counts the tasks' CPU timings ran with (sorted, once each)."""
+    return sorted({int(e["threads"]) for r in reports.values() for e in r.get("latency") or []
+                   if e.get("device") == "cpu" and isinstance(e.get("threads"), int)})
+
+
 def _latency(report: Mapping[str, Any]) -> str:
     rows = [s for s in report.get("speedup") or [] if s.get("speedup")]
     if not rows:
@@ -101,6 +107,14 @@ def render_summary(manifest: Mapping[str, Any], reports: Mapping[str, Mapping[st
                      "Accuracy: reference / exported", "Latency p50: dense -> pruned", "Verified"), rows)
     if notes:
         lines += ["", "Channels kept beyond what the masks remove, and why:", "", *notes]
+    threads = timing_threads(reports)
+    if threads:
+        import os
+
+        cpus = os.cpu_count() or 0
+        lines += ["", f"CPU latencies were timed with {', '.join(map(str, threads))} intra-op thread(s) per task"
+                  + (f", fewer than this machine's {cpus} CPUs: `-j` workers share the CPUs, so compare these "
+                     "latencies only with a build made with the same `-j`" if max(threads) < cpus else "") + "."]
     lines += ["", "Accuracy is held-out accuracy of the task's masked reference network and of the exported "
               "`model.onnx`; each task's `report.md` has the details.", ""]
     return "\n".join(lines)

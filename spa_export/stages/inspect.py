@@ -48,8 +48,24 @@ def inspect_spa(path: Path, *, base: Path | None = None, arch: str | None = None
             out = len(layer.out_mask)
         if layer.in_mask is not None:
             in_ = len(layer.in_mask)
+        out = out or _adapter_width(layer, "out")   # no mask, no base: an adapter spans the whole layer
+        in_ = in_ or _adapter_width(layer, "in")
         info["layers"].append({
             "name": name, "kind": layer.kind, "rank": layer.rank, "out": out, "in": in_,
             "out_kept": layer.out_kept(out) if out else None, "in_kept": layer.in_kept(in_) if in_ else None,
         })
     return info
+
+
+def _adapter_width(layer: object, side: str) -> int | None:
+    """A layer's output or input width as its adapter tensors give it (where the layer has no mask on that
+    side, its adapter factors span the whole width): SPLoRA's factors, SPPaRA's matrix, ``adapter_bias``."""
+    if side == "out":
+        for t, axis in ((layer.lora_cols, 0), (layer.pointwise, 1), (layer.adapter_bias, 0)):
+            if t is not None:
+                return int(t.shape[axis])
+        return None
+    for t, axis in ((layer.lora_rows, 1), (layer.pointwise, 0)):
+        if t is not None:
+            return int(t.shape[axis])
+    return None

@@ -24,3 +24,16 @@ def test_tasks_in_recipe_order_with_the_reasons_for_channels_kept() -> None:
     assert ("1. zeta: 6 channel(s) kept to round groups to multiples of 16 (auto: faster on this target); "
             "1 group(s) kept whole, such as stem.0: reaches the network output.") in text
     assert "2. " not in text
+
+
+def test_the_summary_says_how_many_threads_timed_the_tasks(monkeypatch) -> None:
+    manifest = {"content": {"recipe": {"tasks": ["a", "b"]}}}
+    reports = {name: {**_report(0, []), "latency": [{"device": "cpu", "threads": 1, "model": "dense", "batch": 1}]}
+               for name in ("a", "b")}
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    text = render_summary(manifest, reports)
+    assert ("CPU latencies were timed with 1 intra-op thread(s) per task, fewer than this machine's 2 CPUs: `-j` "
+            "workers share the CPUs, so compare these latencies only with a build made with the same `-j`.") in text
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert "CPU latencies were timed with 1 intra-op thread(s) per task." in render_summary(manifest, reports)
+    assert "intra-op" not in render_summary(manifest, {"a": _report(0, [])})
