@@ -112,10 +112,15 @@ def _call(spec: str, factory: Callable[..., object], kwargs: dict[str, object]) 
 AUXILIARY_HEADS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 
 
+def auxiliary_prefixes(spec: str) -> tuple[str, ...]:
+    """The name prefixes of ``spec``'s training-only auxiliary heads (none for most architectures)."""
+    module, _, name = str(spec).strip().partition(":")
+    return AUXILIARY_HEADS.get(name, ()) if module == "torchvision" else ()
+
+
 def without_auxiliary_heads(spec: str, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``state`` without the training-only auxiliary heads of ``spec``'s default constructor, and their keys."""
-    module, _, name = str(spec).strip().partition(":")
-    prefixes = AUXILIARY_HEADS.get(name, ()) if module == "torchvision" else ()
+    prefixes = auxiliary_prefixes(spec)
     dropped = sorted(k for k in state if prefixes and k.startswith(prefixes))
     if not dropped:
         return dict(state), []

@@ -88,6 +88,11 @@ def _summary(report: Mapping[str, Any]) -> list[str]:
         if item:
             digest = item.get("digest") or item.get("sha256")
             rows.append((label, f"`{item.get('path', '?')}`" + (f" ({digest})" if digest else "")))
+            dropped = item.get("dropped")
+            if dropped:   # the auxiliary heads' entries, left out
+                count = dropped.get("keys", dropped.get("entries"))
+                rows.append((f"{label}: left out", f"{count} entries ({', '.join(dropped.get('first') or [])}"
+                             f"{', ...' if count > len(dropped.get('first') or []) else ''}): {dropped.get('why')}"))
     for key, label, fmt in (("params", "Parameters", _int), ("macs", "MACs", _si)):
         pair = report.get(key) or {}
         if pair:

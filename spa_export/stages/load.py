@@ -8,13 +8,14 @@ raised before any output is written.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from spa_export.nets.arch import (
+    auxiliary_prefixes,
     build_loaded,
     load_into,
     resize_for_overrides,
@@ -38,6 +39,7 @@ class Loaded:
     spa_sha256: str
     model: nn.Module | None   # the task's base (overrides applied); None once merged
     dropped: list[str] = field(default_factory=list)   # training-only entries of the base not used
+    spa_dropped: list[str] = field(default_factory=list)   # the SPA's layers and overrides of those heads
 
     def to_json(self) -> dict:
         base: dict = {"path": str(self.base_path), "digest": self.base_digest}
@@ -49,7 +51,11 @@ class Loaded:
             "arch": self.arch,
             "base": base,
             "spa": {"path": str(self.spa_path), "sha256": self.spa_sha256, "task": self.spa.task,
-                    "arch": self.spa.arch, "base_digest": self.spa.base_digest},
+                    "arch": self.spa.arch, "base_digest": self.spa.base_digest,
+                    **({"dropped": {"entries": len(self.spa_dropped), "first": self.spa_dropped[:3],
+                                    "why": "layers and overrides of the auxiliary classifier heads, which run in "
+                                           "training mode only and are not in the deployed network"}}
+                       if self.spa_dropped else {})},
         }
 
 
@@ -105,6 +111,7 @@ def load_task(base: Base, spa: str | os.PathLike, arch: str | None = None, *,
     if spa_file.base_digest and spa_file.base_digest != base.digest and not ignore_base_digest:
         raise BaseMismatchError(spa_file.base_digest, base.digest, spa_path=spa_path)
     state, dropped = without_auxiliary_heads(arch_spec, base.state)
+    spa_file, spa_dropped = _without_auxiliary_layers(spa_file, auxiliary_prefixes(arch_spec))
     model = build_loaded(arch_spec, state, source=base.path)  # the base alone must fit
     check_compatible(spa_file, model, state)
     if spa_file.overrides:
@@ -112,13 +119,26 @@ def load_task(base: Base, spa: str | os.PathLike, arch: str | None = None, *,
         load_into(model, {**state, **spa_file.overrides}, source=spa_path, assign=True)
     _check_variances(model, base.path, spa_file)
     return Loaded(arch_spec, base.path, spa_path, base.state, base.digest, spa_file, file_sha256(spa_path),
-                  model.float().eval(), dropped)
+                  model.float().eval(), dropped, spa_dropped)
 
 
 def load_inputs(base: str | os.PathLike, spa: str | os.PathLike, arch: str | None = None, *,
                 ignore_base_digest: bool = False) -> Loaded:
     """Read the base and load one task: :func:`read_base` then :func:`load_task`."""
     return load_task(read_base(base), spa, arch, ignore_base_digest=ignore_base_digest)
+
+
+def _without_auxiliary_layers(spa: SpaFile, prefixes: tuple[str, ...]) -> tuple[SpaFile, list[str]]:
+    """``spa`` without its layers and overrides of the auxiliary heads (training with the library adapts
+    and masks them too), and their names; the same file where there are none."""
+    if not prefixes:
+        return spa, []
+    layers = {k: v for k, v in spa.layers.items() if not k.startswith(prefixes)}
+    overrides = {k: v for k, v in spa.overrides.items() if not k.startswith(prefixes)}
+    gone = sorted(set(spa.layers) - set(layers)) + sorted(f"override.{k}" for k in set(spa.overrides) - set(overrides))
+    if not gone:
+        return spa, []
+    return replace(spa, layers=layers, overrides=overrides), gone
 
 
 def _check_variances(model: nn.Module, base_path: Path, spa: SpaFile) -> None:
