@@ -46,11 +46,13 @@ _SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "thre
 @click.option("--threads", type=int, help="CPU threads for benchmarking [default: physical cores].")
 @click.option("--budget", type=float, default=None, help="Seconds of timing per configuration [default: 2].")
 @click.option("--opset", type=int, default=None, help="ONNX opset [default: 17].")
-@click.option("--round-to", default=None, metavar="auto|N",
+@click.option("--round-to", default=None, metavar="auto|auto:N|N",
               help="Round every pruned group's channel count up to a multiple of N; extra channels keep "
                    "what the masked network computes, so the build stays exact. 'auto' [default]: the "
                    "multiple the target favours (16 on x86 CPUs with AVX-512, 8 with AVX2 and on GPUs, "
-                   "1 elsewhere), recorded in the report.")
+                   "1 elsewhere; groups narrower than one multiple stay as the masks ask), recorded in the "
+                   "report. 'auto:N': auto's rule with the multiple pinned to N, the same models on every "
+                   "machine (for CI job matrices).")
 @click.option("--input", "inputs", type=INPUT, multiple=True,
               help="A .npy input to verify on, besides seeded random ones (repeatable); for a network of "
                    "several inputs an .npz with one array per input name.")

@@ -94,15 +94,28 @@ def _agree(parts: Sequence[Part]) -> None:
 
 def _same_rounding(parts: Sequence[Part]) -> None:
     """Parts built on processors that favour other channel multiples give another package."""
-    seen: dict[int, str] = {}
+    seen: dict[object, str] = {}
     for part in parts:
         for name, task in part.manifest["content"].get("tasks", {}).items():
             seen.setdefault(task.get("round_to"), f"{part.path} (task '{shown(name)}')")
     if len(seen) > 1:
         (a, where_a), (b, where_b) = list(seen.items())[:2]
-        raise InputError(f"{where_b} rounds channels to multiples of {b}, {where_a} to {a}: "
-                         f"round_to 'auto' chose differently on these machines' processors; "
-                         f"set round_to in the recipe (for example round_to: {max(a or 1, b or 1)}) and rebuild")
+        widest = max(_multiple(a), _multiple(b))
+        raise InputError(f"{where_b} rounds channels to multiples of {_rounding(b)}, {where_a} to {_rounding(a)}: "
+                         "round_to 'auto' chose differently on these machines' processors, or the parts were "
+                         f"built with other settings; set round_to in the recipe (for example round_to: "
+                         f"auto:{widest}, auto's rule pinned) and rebuild")
+
+
+def _multiple(value: object) -> int:
+    """The multiple of a task's recorded rounding: ``16`` or ``"auto:16"``."""
+    text = str(value or 1)
+    return int(text.split(":", 1)[1]) if text.startswith("auto:") else int(text)
+
+
+def _rounding(value: object) -> str:
+    text = str(value)
+    return f"{text.split(':', 1)[1]} (auto's rule)" if text.startswith("auto:") else text
 
 
 def _coverage(parts: Sequence[Part]) -> list[str]:

@@ -136,8 +136,11 @@ def task_content(recipe: Recipe, task: Task, opts: BuildOptions, report: dict, f
         "artefacts": artefacts,
         "params": report["params"], "macs": report["macs"],
         "learned_params": report["learned_params"]["total"],
-        # resolved here: with round_to 'auto' it depends on the processor that built the task
-        "round_to": report["rounding"]["multiple"],
+        # resolved here: with round_to 'auto' it depends on the processor that built the task; 'auto:N'
+        # where groups narrower than one multiple stay as the masks ask (other models than a plain N)
+        "round_to": (f"auto:{report['rounding']['multiple']}"
+                     if report["rounding"].get("groups_below_one_multiple") == "left as the masks ask"
+                     else report["rounding"]["multiple"]),
     }
     if task.eval is not None:
         entry["eval"] = {"path": _relative(task.eval, recipe), "sha256": sha256_file(task.eval)}

@@ -82,12 +82,16 @@ def budget(value: object, name: str) -> float:
 
 
 def round_to(value: object, name: str) -> int | str:
-    """``auto`` (the multiple this processor favours, chosen at plan time) or a multiple 1..1024."""
+    """``auto`` (the multiple this processor favours, chosen at plan time), ``auto:N`` (auto's rule with
+    the multiple pinned to N: the same models on every machine), or a multiple 1..1024 for every group."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
+    pinned = re.fullmatch(r"auto:\s*([+-]?\d+)", value.strip().lower()) if isinstance(value, str) else None
+    if pinned:
+        return f"auto:{integer(pinned.group(1), name, minimum=1, maximum=MAX_ROUND_TO)}"
     if isinstance(value, bool) or not isinstance(value, (int, str)) or (
             isinstance(value, str) and not re.fullmatch(r"[+-]?\d+", value.strip())):
-        raise InputError(f"{name}: expected 'auto' or an integer, got {_kind(value)}")
+        raise InputError(f"{name}: expected 'auto', 'auto:N' or an integer, got {_kind(value)}")
     return integer(value, name, minimum=1, maximum=MAX_ROUND_TO)
 
 

@@ -714,7 +714,7 @@ def round_to_zero(c: Corpus) -> Case:
 
 @case
 def round_to_word(c: Corpus) -> Case:
-    return Case("", c.args(extra=("--round-to", "fastest")), ["--round-to", "expected 'auto' or an integer"])
+    return Case("", c.args(extra=("--round-to", "fastest")), ["--round-to", "expected 'auto', 'auto:N' or an integer"])
 
 
 @case

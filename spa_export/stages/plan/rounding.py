@@ -22,7 +22,9 @@ Elsewhere (ARM CPUs, where ONNX Runtime has no blocked layout) the multiple is 1
 With ``auto``, a group that keeps fewer channels than one block stays as the
 masks ask: ONNX Runtime takes a convolution input narrower than its block
 unblocked, and doubling a small layer's width would cost more than it saves.
-A number given by the user applies to every group.
+A number given by the user applies to every group. ``auto:N`` is auto's rule with the multiple
+pinned to N: what ``auto`` gives on a machine whose block is N, on any machine (a CI job matrix
+whose runners differ pins it so, and its parts assemble).
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ def cpu_block(machine: str | None = None, flags: set[str] | None = None) -> tupl
 def resolve(requested: int | str, bench: str, *, machine: str | None = None,
             flags: set[str] | None = None) -> Rounding:
     """The multiple for ``--round-to requested`` when the build targets ``bench``."""
+    if isinstance(requested, str) and requested.startswith("auto:"):
+        multiple = int(requested.split(":", 1)[1])
+        return Rounding(requested, multiple, f"auto's rule with the multiple pinned to {multiple} (the same "
+                        "models on every machine)", round_small=False)
     if requested != "auto":
         return Rounding(str(requested), int(requested), "given by the user")
     block, why = cpu_block(machine, flags)

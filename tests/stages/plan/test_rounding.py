@@ -49,18 +49,38 @@ def test_resolve_for_each_target() -> None:
     assert resolve("auto", "all", machine="aarch64", flags=set()).multiple == 8
     assert resolve("auto", "cpu", machine="aarch64", flags=set()).multiple == 1
     assert cpu.to_dict()["groups_below_one_multiple"] == "left as the masks ask"
+    # auto's rule pinned: the same on any machine, and what auto gives where the block is 16
+    for machine, flags in (("x86_64", avx512), ("x86_64", {"avx2"}), ("aarch64", set())):
+        pinned = resolve("auto:16", "cpu", machine=machine, flags=flags)
+        assert (pinned.multiple, pinned.round_small, pinned.requested) == (16, False, "auto:16")
 
 
-@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), (" AUTO ", "auto"), ("8", 8), (16, 16)])
+def test_a_pinned_auto_gives_the_models_auto_gives_where_the_block_is_that_wide() -> None:
+    """round_to 16 rounds a group narrower than 16 up; auto (16) and auto:16 leave it as the masks ask."""
+    shape = [1, 3, 4, 4]
+    auto = make_plan(_two_groups(), as_inputs(shape), round_to=resolve("auto", "cpu", machine="x86_64",
+                                                                       flags={"avx512f"}).multiple, round_small=False)
+    pinned_rule = resolve("auto:16", "cpu", machine="aarch64", flags=set())
+    pinned = make_plan(_two_groups(), as_inputs(shape), round_to=pinned_rule.multiple,
+                       round_small=pinned_rule.round_small)
+    plain = make_plan(_two_groups(), as_inputs(shape), round_to=16)
+    kept = [sorted(g.kept for g in p.groups if g.channels == 32) for p in (auto, pinned, plain)]
+    assert kept == [[5, 32], [5, 32], [16, 32]]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), (" AUTO ", "auto"), ("8", 8), (16, 16),
+                                                 ("auto:16", "auto:16"), ("Auto: 8", "auto:8")])
 def test_round_to_values(value: object, expected: object) -> None:
     assert round_to(value, "--round-to") == expected
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ("fast", "--round-to: expected 'auto' or an integer, got a string 'fast'"),
+    ("fast", "--round-to: expected 'auto', 'auto:N' or an integer, got a string 'fast'"),
     ("0", "--round-to 0: must be between 1 and 1024"),
-    (2.5, "--round-to: expected 'auto' or an integer, got float 2.5"),
-    (True, "--round-to: expected 'auto' or an integer, got a boolean (true)"),
+    ("auto:0", "--round-to 0: must be between 1 and 1024"),
+    ("auto:x", "--round-to: expected 'auto', 'auto:N' or an integer, got a string 'auto:x'"),
+    (2.5, "--round-to: expected 'auto', 'auto:N' or an integer, got float 2.5"),
+    (True, "--round-to: expected 'auto', 'auto:N' or an integer, got a boolean (true)"),
 ])
 def test_round_to_refused(value: object, message: str) -> None:
     with pytest.raises(InputError) as err:
