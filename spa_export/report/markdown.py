@@ -68,6 +68,10 @@ def block_summary(rows: list[dict]) -> str | None:
             f"{whole} whole block rows or columns pruned; {gone} channel(s) of these layers removed")
 
 
+def _stable(stable: object) -> str:
+    return "yes" if stable else "**no**"
+
+
 def _summary(report: Mapping[str, Any]) -> list[str]:
     inputs = report.get("inputs") or {}
     rows: list[tuple[str, str]] = []
@@ -171,18 +175,24 @@ def _latency(report: Mapping[str, Any], plot_name: str | None) -> list[str]:
             rows.append((device, runtime, batch, _ms(d.get("p50_ms")), _ms(d.get("p90_ms")),
                          _ms(d.get("p99_ms")), _ms(p.get("p50_ms")), _ms(p.get("p90_ms")),
                          _ms(p.get("p99_ms")), f"×{speed:.2f}" if speed else "n/a",
-                         f"×{1 / macs_ratio:.2f}" if macs_ratio else "n/a"))
+                         f"×{1 / macs_ratio:.2f}" if macs_ratio else "n/a",
+                         _stable(d.get("stable", True) and p.get("stable", True))))
         lines += _table(("Device", "Runtime", "Batch", "Dense p50 ms", "Dense p90 ms",
                          "Dense p99 ms", "Pruned p50 ms", "Pruned p90 ms", "Pruned p99 ms",
-                         "Speedup", "MACs ratio"), rows)
+                         "Speedup", "MACs ratio", "Stable"), rows)
         lines += ["", "Speedup is dense p50 over pruned p50; the MACs ratio is dense MACs "
                   "over pruned MACs, the speedup that counting operations predicts."]
     else:
         lines += _table(("Device", "Runtime", "Model", "Batch", "p50 ms", "p90 ms", "p99 ms",
-                         "Runs"),
+                         "Runs", "Stable"),
                         [(e.get("device"), _runtime_label(e), e.get("model"), e.get("batch"),
                           _ms(e.get("p50_ms")), _ms(e.get("p90_ms")), _ms(e.get("p99_ms")),
-                          e.get("iterations")) for e in latency])
+                          e.get("iterations"), _stable(e.get("stable", True))) for e in latency])
+    unstable = sum(1 for e in latency if e.get("stable") is False)
+    if unstable:
+        lines += ["", f"**{unstable} of {len(latency)} timing(s) did not settle** within the budget (their median "
+                  "still moved between the last blocks of runs): read those figures, and the speedups made "
+                  "from them, as noise; time again on a quieter machine or with a larger `--budget`."]
     first = latency[0]
     if first.get("threads"):
         lines += ["", f"CPU runs use {first['threads']} intra-op thread(s), graph optimisation "

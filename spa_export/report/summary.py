@@ -63,9 +63,9 @@ def _latency(report: Mapping[str, Any]) -> str:
     rows = [s for s in report.get("speedup") or [] if s.get("speedup")]
     if not rows:
         return "not timed"
-    s = min(rows, key=lambda r: (r["device"] != "cpu", r["batch"]))
+    s = min(rows, key=lambda r: (r["device"] != "cpu", not r.get("stable", True), r["batch"]))
     return (f"{s['dense_p50_ms']:.3g} -> {s['pruned_p50_ms']:.3g} ms (x{s['speedup']:.2f}, "
-            f"{s['device']} batch {s['batch']})")
+            f"{s['device']} batch {s['batch']}" + ("" if s.get("stable", True) else "; **not stable: noise**") + ")")
 
 
 def _accuracy(report: Mapping[str, Any]) -> str:

@@ -104,7 +104,10 @@ def speedups(latency: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         dense, pruned = by_model["dense"]["p50_ms"], by_model["pruned"]["p50_ms"]
         row: dict[str, Any] = {"device": device, "runtime": runtime, "batch": batch,
                                "dense_p50_ms": dense, "pruned_p50_ms": pruned,
-                               "speedup": dense / pruned if pruned > 0 else None}
+                               "speedup": dense / pruned if pruned > 0 else None,
+                               # both timings settled within the budget; else the ratio is noise
+                               "stable": bool(by_model["dense"].get("stable", True)
+                                              and by_model["pruned"].get("stable", True))}
         if precision is not None:
             row["precision"] = precision
         out.append(row)

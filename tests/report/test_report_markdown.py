@@ -113,3 +113,22 @@ def test_gpu_entries_and_accuracy() -> None:
     assert "| dense | tensorrt | fp16 | 1 | 0.001 | 0.0001 | 0.02 / 0.02 | within tolerance |" in md
     assert "| pruned | torch-cuda | fp16 | 8 | 0.5 | 0.3 | 0.02 / 0.02 | **outside tolerance** |" in md
     assert "skipped" not in md
+
+
+def test_timings_that_did_not_settle_are_marked_as_noise() -> None:
+    report = copy.deepcopy(REPORT)
+    for e in report["latency"]:
+        e["stable"] = not (e["batch"] == 8 and e["model"] == "pruned")
+    text = render_markdown(report, None)
+    rows = [line for line in text.splitlines() if line.startswith("| cpu |")]
+    assert rows[0].endswith("| yes |") and rows[1].endswith("| **no** |"), rows
+    assert "**1 of 4 timing(s) did not settle** within the budget" in text and "larger `--budget`" in text
+    assert "did not settle" not in render_markdown(REPORT, None)   # no field: as before, nothing said
+
+
+def test_speedups_say_whether_both_timings_settled() -> None:
+    from spa_export.runtime.bench import speedups
+
+    latency = [_entry("dense", 1, 2.0, stable=True), _entry("pruned", 1, 1.0, stable=False),
+               _entry("dense", 8, 8.0, stable=True), _entry("pruned", 8, 4.0, stable=True)]
+    assert [(s["batch"], s["stable"]) for s in speedups(latency)] == [(1, False), (8, True)]

@@ -34,3 +34,13 @@ def test_no_latency_no_plot(tmp_path: Path) -> None:
     assert plot_latency({}, tmp_path / "a.png") is None
     assert plot_latency({"latency": []}, tmp_path / "a.png") is None
     assert not (tmp_path / "a.png").exists()
+
+
+def test_speedups_pair_dense_and_pruned_per_batch_with_their_stability() -> None:
+    from spa_export.report.plots import _panels, _speedups
+
+    latency = [_entry("cpu", "onnxruntime", "dense", 1, 2.0), _entry("cpu", "onnxruntime", "pruned", 1, 1.0),
+               {**_entry("cpu", "onnxruntime", "dense", 8, 9.0), "stable": False},
+               _entry("cpu", "onnxruntime", "pruned", 8, 3.0), _entry("cpu", "onnxruntime", "pruned", 16, 5.0)]
+    models = _panels(latency)["cpu · onnxruntime"]
+    assert _speedups(models) == [(1, 2.0, True), (8, 3.0, False)]   # batch 16 has no dense timing

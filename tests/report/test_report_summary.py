@@ -37,3 +37,13 @@ def test_the_summary_says_how_many_threads_timed_the_tasks(monkeypatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert "CPU latencies were timed with 1 intra-op thread(s) per task." in render_summary(manifest, reports)
     assert "intra-op" not in render_summary(manifest, {"a": _report(0, [])})
+
+
+def test_the_summary_shows_a_settled_timing_or_says_it_is_noise() -> None:
+    manifest = {"content": {"recipe": {"tasks": ["a"]}}}
+    rows = [{"device": "cpu", "batch": 1, "dense_p50_ms": 2.0, "pruned_p50_ms": 3.0, "speedup": 0.67, "stable": False},
+            {"device": "cpu", "batch": 64, "dense_p50_ms": 9.0, "pruned_p50_ms": 3.0, "speedup": 3.0, "stable": True}]
+    text = render_summary(manifest, {"a": {**_report(0, []), "speedup": rows}})
+    assert "9 -> 3 ms (x3.00, cpu batch 64)" in text and "noise" not in text
+    text = render_summary(manifest, {"a": {**_report(0, []), "speedup": rows[:1]}})
+    assert "2 -> 3 ms (x0.67, cpu batch 1; **not stable: noise**)" in text
