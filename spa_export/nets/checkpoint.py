@@ -26,7 +26,13 @@ from pathlib import Path
 
 import torch
 
-from spa_export.safety.errors import CheckpointError, SpaFormatError, require_file, shown
+from spa_export.safety.errors import (
+    CheckpointError,
+    SpaFormatError,
+    first_line,
+    require_file,
+    shown,
+)
 
 
 def _zip_problem(p: Path) -> str | None:
@@ -77,7 +83,7 @@ def _read(p: Path) -> object:
             return load_file(str(p))
         except Exception as err:
             raise CheckpointError(f"{p}: cannot read as a safetensors file: "
-                                  f"{shown(str(err).splitlines()[0], 300)}") from err
+                                  f"{shown(first_line(err), 300)}") from err
     if is_zip:
         problem = _zip_problem(p)
         if problem is not None:
@@ -88,7 +94,7 @@ def _read(p: Path) -> object:
             return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{p}: cannot read as a PyTorch checkpoint: "
-                              f"{shown(str(err).splitlines()[0] if str(err) else type(err).__name__, 300)}") \
+                              f"{shown(first_line(err), 300)}") \
             from err
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from spa_export.nets.arch import build_on_meta, resize_for_overrides
 from spa_export.nets.metrics import counting_macs
-from spa_export.safety.errors import SpaCompatibilityError, shown
+from spa_export.safety.errors import SpaCompatibilityError, first_line, shown
 from spa_export.safety.memory import Footprint
 
 
@@ -105,7 +105,7 @@ def activation_footprint(spec: str, overrides: Mapping[str, torch.Tensor], input
         return Footprint(max(task.working, base.working), max(task.total, base.total), task.macs)
     except Exception as err:
         key = resized[0]
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = first_line(err)
         raise SpaCompatibilityError(
             f"resizes '{key[:-len('.weight')]}' to {int(overrides[key].shape[0])} outputs, and the network "
             f"no longer runs with it ({type(err).__name__}: {shown(first, 160)}); the spec allows resizing "

@@ -55,13 +55,13 @@ def counting_macs(model: nn.Module) -> Iterator[list[int]]:
 def checked_macs(model: nn.Module, inputs: Inputs, arch: str) -> int:
     """:func:`count_macs`, or an InputError saying that the inputs do not fit the network ``arch``."""
     from spa_export.runtime.inputs import as_option
-    from spa_export.safety.errors import InputError
+    from spa_export.safety.errors import InputError, error_line
 
     try:
         return count_macs(model, inputs)
     except Exception as err:
         raise InputError(f"{as_option(inputs)} does not fit '{arch}': "
-                         f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+                         f"{error_line(err)}") from err
 
 
 @torch.no_grad()

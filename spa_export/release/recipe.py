@@ -34,7 +34,7 @@ from typing import Any
 
 from spa_export.runtime.inputs import Inputs, as_inputs
 from spa_export.safety import validate
-from spa_export.safety.errors import InputError, shown
+from spa_export.safety.errors import InputError, first_line, shown
 
 MAX_RECIPE_BYTES = 1 << 20
 MAX_VALUES = 100_000
@@ -79,7 +79,7 @@ class Recipe:
 def _yaml_error(path: Path, err: Exception) -> InputError:
     mark = getattr(err, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    problem = getattr(err, "problem", None) or first_line(err)
     return InputError(f"{path}: cannot read the recipe: not valid YAML{where}: {shown(problem)}")
 
 

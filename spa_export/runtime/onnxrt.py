@@ -16,7 +16,7 @@ import numpy as np
 
 from spa_export.runtime.environment import physical_cores
 from spa_export.runtime.runner import Dim, Feed, InputMetadata, Runner
-from spa_export.safety.errors import InputError, require_file
+from spa_export.safety.errors import InputError, first_line, require_file
 
 #: Our names of ONNX Runtime's graph optimisation levels.
 OPT_LEVELS = {
@@ -123,7 +123,7 @@ class OnnxRuntimeRunner(Runner):
                 str(self.path), sess_options=options, providers=list(self.providers)
             )
         except Exception as err:  # ORT raises its own pybind exception types
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise InputError(f"{self.path}: ONNX Runtime cannot load it: {first}") from err
         if self.provider not in self._session.get_providers():
             raise InputError(
@@ -140,7 +140,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             values = self._session.run(self._output_names, dict(feed))
         except Exception as err:  # wrong names, shapes or dtypes
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise InputError(f"{self.path}: inference failed: {first}") from err
         return dict(zip(self._output_names, values, strict=True))
 

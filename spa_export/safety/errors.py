@@ -143,3 +143,16 @@ def os_error_message(err: OSError) -> str:
              errno.ENAMETOOLONG: "use a shorter name"}
     hint = hints.get(err.errno or 0)
     return f"{reason}{where}" + (f": {hint}" if hint else "")
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, or its type's name where the message is empty
+    (``assert`` in a third-party network raises ``AssertionError()`` with none)."""
+    lines = str(err).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__
+
+
+def error_line(err: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (or ``Type`` alone), cut at ``limit`` characters."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0].strip()[:limit]}" if lines else type(err).__name__

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 timm = pytest.importorskip("timm", reason="timm is in the test extra")
 
@@ -46,10 +47,17 @@ def _arch(family: str) -> str:
 
 
 def _size(arch: str) -> int:
+    """SMALL, or the model's own input size where it is fixed or the model does not take SMALL."""
     model = build_model(arch)
     cfg = getattr(model, "pretrained_cfg", None) or {}
+    own = int(cfg.get("input_size", (3, 224, 224))[-1])
     if cfg.get("fixed_input_size"):
-        return int(cfg["input_size"][-1])
+        return own
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, SMALL, SMALL))
+    except Exception:   # position embeddings or attention of a fixed grid (byoanet, ...)
+        return own
     return SMALL
 
 

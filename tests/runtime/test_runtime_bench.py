@@ -65,7 +65,7 @@ def test_speedups_pair_dense_and_pruned() -> None:
     ]
     assert speedups(latency) == [{"device": "gpu", "runtime": "tensorrt", "batch": 1,
                                   "dense_p50_ms": 3.0, "pruned_p50_ms": 1.5, "speedup": 2.0,
-                                  "precision": "fp16"}]
+                                  "stable": True, "precision": "fp16"}]
 
 
 def test_random_feed_is_seeded_and_shaped() -> None:

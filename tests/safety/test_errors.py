@@ -24,3 +24,28 @@ def test_require_file_raises_the_given_type_naming_the_path(tmp_path: Path) -> N
         require_file(tmp_path, CheckpointError)
     with pytest.raises(InputError, match="no such file"):
         require_file(tmp_path / "nothing")
+
+
+def test_an_error_without_a_message_is_named_by_its_type() -> None:
+    from spa_export.safety.errors import error_line, first_line
+
+    assert first_line(AssertionError()) == "AssertionError" and error_line(AssertionError()) == "AssertionError"
+    assert first_line(ValueError("  bad\nmore")) == "bad" and error_line(ValueError("x" * 300), 5) == "ValueError: xxxxx"
+
+
+def test_inputs_that_trip_an_assert_in_the_network_are_a_clear_error() -> None:
+    import pytest
+    import torch
+
+    from spa_export.nets.metrics import checked_macs
+    from spa_export.runtime.inputs import as_inputs
+    from spa_export.safety.errors import InputError
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[-1] != 256:   # a network's bare assert (pytest would add a message to one written here)
+                raise AssertionError()
+            return x
+
+    with pytest.raises(InputError, match=r"--input-shape 1,3,64,64 does not fit 'a:b': AssertionError$"):
+        checked_macs(Fixed(), as_inputs((1, 3, 64, 64)), "a:b")

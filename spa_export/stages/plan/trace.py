@@ -33,7 +33,7 @@ from torch import nn
 
 from spa_export.nets.attention import fused_qkv
 from spa_export.runtime.inputs import Inputs, random_tensors
-from spa_export.safety.errors import ArchitectureError
+from spa_export.safety.errors import ArchitectureError, error_line
 from spa_export.stages.plan import ops
 from spa_export.stages.plan.model import STREAM_REASON
 from spa_export.stages.plan.unionfind import UnionFind
@@ -129,7 +129,7 @@ def trace_channels(model: nn.Module, inputs: Inputs, *, seed: int = 0) -> Channe
         gm = fx.GraphModule(model, traced)  # shares the model's modules, changes none
     except Exception as err:
         raise ArchitectureError(
-            f"the network cannot be traced with torch.fx ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            f"the network cannot be traced with torch.fx ({error_line(err)})"
         ) from err
     probe = random_tensors(specs, 2, torch.Generator().manual_seed(seed))
     # the network's own modules: the graph module holds a module that was traced through (a
@@ -232,8 +232,7 @@ class _Tracer(fx.Tracer):
                 made.append(node)
             for node in made:   # the newest first: each is used only by nodes made after it
                 self.graph.erase_node(node)
-            self.opaque[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}" if str(err) \
-                else type(err).__name__
+            self.opaque[name] = error_line(err, 160)
             return self.create_proxy("call_module", name, args, kwargs)
 
 
