@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from spa_export.nets.arch import build_model
+from spa_export.nets.attention import fused_qkv
 from spa_export.nets.metrics import checked_macs
 from spa_export.runtime.inputs import as_inputs, random_tensors
 from spa_export.safety.errors import InputError
@@ -176,7 +177,12 @@ def _head_masks(graph: ChannelGraph, modules: dict, prune: float, rng: np.random
         if weights_read or k == 0:
             continue
         heads = rng.choice(mod.num_heads, size=k, replace=False)
-        keep = ~np.isin(np.arange(mod.embed_dim) // mod.head_dim, heads)
+        keep = ~np.isin(np.arange(mod.num_heads * mod.head_dim) // mod.head_dim, heads)
+        if fused_qkv(mod):   # timm's Attention: one qkv Linear, its query, key and value rows in turn
+            out_masks[f"{name}.qkv"] = np.concatenate([keep, keep, keep])
+            if with_inputs:
+                in_masks[f"{name}.proj"] = keep
+            continue
         for part in PARTS:
             out_masks[f"{name}.{part}"] = keep
         if with_inputs:

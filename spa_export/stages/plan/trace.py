@@ -125,7 +125,7 @@ def trace_channels(model: nn.Module, inputs: Inputs, *, seed: int = 0) -> Channe
     """
     specs = inputs
     try:
-        tracer, traced = _trace(model)
+        tracer, traced = _trace(model, _defaults_beyond(model, len(specs)))
         gm = fx.GraphModule(model, traced)  # shares the model's modules, changes none
     except Exception as err:
         raise ArchitectureError(
@@ -138,11 +138,36 @@ def trace_channels(model: nn.Module, inputs: Inputs, *, seed: int = 0) -> Channe
     graph = ChannelGraph(modules=dict(model.named_modules()), opaque=dict(tracer.opaque))
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     with torch.no_grad():
-        _Interpreter(gm, graph, calls).run(*probe)
+        try:
+            _Interpreter(gm, graph, calls).run(*probe)
+        except Exception as err:   # the traced graph does not compute what the network does: plan nothing
+            raise ArchitectureError(f"the network's traced graph does not run ({error_line(err)})") from err
     return graph
 
 
-def _trace(model: nn.Module, rounds: int = 8) -> tuple[_Tracer, fx.Graph]:
+def _defaults_beyond(model: nn.Module, given: int) -> dict[str, object]:
+    """``forward``'s parameters after the ``given`` inputs, at their defaults (``mask=None``...).
+
+    The build feeds only the inputs it was told of; a parameter left to its default would
+    otherwise be traced as an input, and a branch such as ``if mask is not None`` taken for it.
+    """
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for p in params[given:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            break
+        if p.default is p.empty:
+            return {}
+        out[p.name] = p.default
+    return out
+
+
+def _trace(model: nn.Module, concrete: dict[str, object] | None = None, rounds: int = 8) -> tuple[_Tracer, fx.Graph]:
     """Trace ``model``; where its own code cannot be traced, call the function that fails as one step.
 
     A network's ``forward`` may call a helper with control flow on shapes (timm's ViT resamples
@@ -155,7 +180,7 @@ def _trace(model: nn.Module, rounds: int = 8) -> tuple[_Tracer, fx.Graph]:
     while True:
         tracer = _Tracer(autowrap_functions=tuple(wrapped))
         try:
-            return tracer, tracer.trace(model)
+            return tracer, tracer.trace(model, concrete_args=concrete or None)
         except Exception as err:
             fn = _failing_function(err)
             if fn is None or fn in wrapped or len(wrapped) >= rounds:
