@@ -127,15 +127,23 @@ def _linear_like(mod: nn.Linear, fin: int, fout: int, *, bias: bool) -> nn.Linea
 _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def _own_copy(mod: nn.Module, leaving: tuple[str, ...] = ()) -> nn.Module:
+    """A copy of ``mod`` of its own class and attributes, whose tensors the caller replaces: it shares
+    them with ``mod`` until then (not copied: they are about to be sliced), and holds copies of its
+    children but those in ``leaving`` (the caller sets them)."""
+    new = copy.copy(mod)
+    new._parameters, new._buffers = dict(mod._parameters), dict(mod._buffers)
+    new._modules = {k: copy.deepcopy(v) for k, v in mod._modules.items() if k not in leaving}
+    return new
+
+
 def _resized_copy(mod: nn.Module, weight_shape: tuple[int, ...], bias_size: int | None, **sizes: int) -> nn.Module:
     """A copy of a layer subclass (timm's ``Conv2dSame``, ``Linear``...) with empty tensors of new sizes.
 
     Its own class and everything it adds stay (a padding computed in ``forward``,
     its children); only the sizes and the tensors the caller fills change.
     """
-    new = copy.copy(mod)
-    new._parameters, new._buffers = dict(mod._parameters), dict(mod._buffers)
-    new._modules = {k: copy.deepcopy(v) for k, v in mod._modules.items()}
+    new = _own_copy(mod)
     for key, size in sizes.items():
         setattr(new, key, size)
     like = {"dtype": mod.weight.dtype, "device": mod.weight.device}
@@ -147,9 +155,7 @@ def _resized_copy(mod: nn.Module, weight_shape: tuple[int, ...], bias_size: int 
 def _slice_bn(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
     """``mod`` with only the ``keep`` channels: a copy of the module itself, so that a subclass keeps
     what it adds (timm's ``BatchNormAct2d``: its activation and dropout)."""
-    new = copy.copy(mod)
-    new._parameters, new._buffers = dict(mod._parameters), dict(mod._buffers)
-    new._modules = {k: copy.deepcopy(v) for k, v in mod._modules.items()}
+    new = _own_copy(mod)
     new.num_features = len(keep)
     for name in ("weight", "bias"):
         old = getattr(mod, name, None)
@@ -204,9 +210,7 @@ def _prune_fused(mod: nn.Module, plan: AttentionPlan) -> nn.Module:
     d, width = plan.head_dim, plan.num_heads * plan.head_dim
     cols = torch.as_tensor([h * d + c for h in plan.heads for c in range(d)])
     rows = torch.cat([part * width + cols for part in range(3)])
-    new = copy.copy(mod)
-    new._parameters, new._buffers = dict(mod._parameters), dict(mod._buffers)
-    new._modules = {k: copy.deepcopy(v) for k, v in mod._modules.items() if k not in ("qkv", "proj")}
+    new = _own_copy(mod, leaving=("qkv", "proj"))
     qkv_bias = None if mod.qkv.bias is None else mod.qkv.bias.detach()
     new.qkv = _attention_linear(mod.qkv.weight.detach(), qkv_bias, rows)
     proj_bias = None if mod.proj.bias is None else mod.proj.bias.detach()

@@ -89,10 +89,9 @@ def plan_heads(name: str, mod: nn.Module, *, weights_read: bool, round_to: int =
     if fused_qkv(mod):
         heads = [i for i in range(h) if not bool(v_gone[i].all())] or [0]
         plan = AttentionPlan(name, h, d, heads, [list(range(d))] * len(heads), [list(range(d))] * len(heads))
-        narrower = sum(int(v_gone[i].sum() + qk_gone[i].sum()) for i in heads)
-        if narrower:
-            plan.kept_beyond_masks = {"value": int(sum(int(v_gone[i].sum()) for i in heads)),
-                                      "query_key": int(sum(int(qk_gone[i].sum()) for i in heads)),
+        extra_v, extra_qk = (sum(int(gone[i].sum()) for i in heads) for gone in (v_gone, qk_gone))
+        if extra_v or extra_qk:
+            plan.kept_beyond_masks = {"value": extra_v, "query_key": extra_qk,
                                       "why": "a fused qkv projection reshapes into heads of one width: "
                                              "only whole heads go"}
         return plan

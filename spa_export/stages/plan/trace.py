@@ -626,26 +626,32 @@ class _Interpreter(fx.Interpreter):
         return Slot(sa.ids, dep, sa.axis)
 
 
+def _bound(n: fx.Node, names: tuple[str, ...]) -> dict[str, object]:
+    """A function call's arguments by name: positional ones in ``names``' order, then keywords."""
+    return dict(zip(names, n.args, strict=False)) | dict(n.kwargs)
+
+
+def _owner_of(arg: object, attr: str) -> str | None:
+    """The module whose own attribute ``attr`` the graph reads as ``arg`` (a ``get_attr`` node), or None."""
+    if not isinstance(arg, fx.Node) or arg.op != "get_attr":
+        return None
+    owner, _, name = str(arg.target).rpartition(".")
+    return owner if name == attr else None
+
+
 _FUNCTIONAL_LAYERS = {"linear": nn.Linear, "conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d}
 
 
 def _layer_owner(n: fx.Node, name: str, modules: dict[str, nn.Module]) -> str | None:
     """The layer whose own weight and bias (and stride, padding, dilation, groups) ``F.<name>`` uses, or None."""
-    names = ("input", "weight", "bias") if name == "linear" else \
-        ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    bound = dict(zip(names, n.args, strict=False)) | dict(n.kwargs)
-    weight = bound.get("weight")
-    if not isinstance(weight, fx.Node) or weight.op != "get_attr":
-        return None
-    owner, _, attr = str(weight.target).rpartition(".")
-    mod = modules.get(owner)
-    if attr != "weight" or not isinstance(mod, _FUNCTIONAL_LAYERS[name]):
+    bound = _bound(n, ("input", "weight", "bias") if name == "linear" else
+                   ("input", "weight", "bias", "stride", "padding", "dilation", "groups"))
+    owner = _owner_of(bound.get("weight"), "weight")
+    mod = modules.get(owner) if owner is not None else None
+    if not isinstance(mod, _FUNCTIONAL_LAYERS[name]):
         return None
     bias = bound.get("bias")
-    if bias is None:
-        if mod.bias is not None:
-            return None
-    elif not (isinstance(bias, fx.Node) and bias.op == "get_attr" and str(bias.target) == f"{owner}.bias"):
+    if (mod.bias is not None or bias is not None) and _owner_of(bias, "bias") != owner:
         return None
     if name != "linear":
         dims = mod.weight.dim() - 2
@@ -670,22 +676,12 @@ def _batchnorm_owner(n: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     running mean and variance, and weight and bias where given, all from one
     module's own attributes of those names.
     """
-    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-    bound = dict(zip(names, n.args, strict=False)) | dict(n.kwargs)
+    bound = _bound(n, ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"))
     if bound.get("training", False) is not False:
         return None
-    owners = set()
-    for field_name in ("running_mean", "running_var", "weight", "bias"):
-        arg = bound.get(field_name)
-        if arg is None and field_name in ("weight", "bias"):
-            continue
-        if not isinstance(arg, fx.Node) or arg.op != "get_attr":
-            return None
-        owner, _, attr = str(arg.target).rpartition(".")
-        if attr != field_name:
-            return None
-        owners.add(owner)
-    if len(owners) != 1:
+    owners = {_owner_of(bound.get(f), f) for f in ("running_mean", "running_var", "weight", "bias")
+              if bound.get(f) is not None or f in ("running_mean", "running_var")}
+    if len(owners) != 1 or None in owners:
         return None
     owner = owners.pop()
     mod = modules.get(owner)
