@@ -36,7 +36,7 @@ _SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "thre
                               "'spa-export assemble' merges the parts.")
 @click.option("-j", "--jobs", type=int, default=1, show_default=True,
               help="With a recipe: tasks built side by side in this many processes.")
-@click.option("--layout", type=click.Choice(["plain", "triton"]), default=None,
+@click.option("--layout", type=click.Choice(["plain", "triton", "edge"]), default=None,
               help="With a recipe: 'triton' makes the package a Triton Inference Server model repository.")
 @click.option("--eval", "eval_data", type=INPUT,
               help="Without a recipe: an .npz evaluation set (x, y) for held-out accuracy.")

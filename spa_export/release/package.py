@@ -9,6 +9,12 @@
     OUT/<task>/model.onnx      the pruned task network (with --layout triton: <task>/1/model.onnx
     OUT/<task>/report.json                                   and <task>/config.pbtxt)
     OUT/<task>/report.md
+    OUT/<task>/check.safetensors   the reference's outputs for the verification cases (spa-export check)
+
+With ``--layout edge`` the package carries ``OUT/base.safetensors`` once and, per
+task, ``<task>/delta.safetensors`` instead of ``model.onnx``: the task as a delta on
+the base, which ``spa-export materialize`` turns back into the verified file
+(its sha256 is the manifest's ``model_sha256``) with numpy and onnx alone.
 
 The base is read and its digest computed once for all tasks. The package
 appears complete or not at all. Building the same recipe twice gives the same
@@ -29,6 +35,7 @@ from typing import Any
 
 from spa_export import __version__
 from spa_export.release.recipe import MANIFEST, SUMMARY, Recipe, Task
+from spa_export.runtime.packaged import BASE_FILE
 from spa_export.runtime.environment import library_versions
 from spa_export.runtime.inputs import to_json as inputs_json
 from spa_export.safety.errors import InputError, shown
@@ -128,7 +135,7 @@ def task_content(recipe: Recipe, task: Task, opts: BuildOptions, report: dict, f
     """The hashed part of one task's manifest entry: its inputs' and artefacts' digests, its sizes."""
     artefacts = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix in (".onnx", ".pbtxt"):
+        if p.is_file() and p.suffix in (".onnx", ".pbtxt", ".safetensors"):
             artefacts[p.relative_to(root).as_posix()] = {"sha256": sha256_file(p), "size": p.stat().st_size}
     entry: dict[str, Any] = {
         "spa": {"path": _relative(task.spa, recipe), "sha256": report["inputs"]["spa"]["sha256"],
@@ -138,6 +145,7 @@ def task_content(recipe: Recipe, task: Task, opts: BuildOptions, report: dict, f
         "learned_params": report["learned_params"]["total"],
         # resolved here: with round_to 'auto' it depends on the processor that built the task; 'auto:N'
         # where groups narrower than one multiple stay as the masks ask (other models than a plain N)
+        "model_sha256": report["model_sha256"],
         "round_to": (f"auto:{report['rounding']['multiple']}"
                      if report["rounding"].get("groups_below_one_multiple") == "left as the masks ask"
                      else report["rounding"]["multiple"]),
@@ -147,7 +155,8 @@ def task_content(recipe: Recipe, task: Task, opts: BuildOptions, report: dict, f
     return entry
 
 
-def package_content(recipe: Recipe, settings: dict[str, Any], base_digest: str, tasks: dict[str, dict]) -> dict:
+def package_content(recipe: Recipe, settings: dict[str, Any], base_digest: str, tasks: dict[str, dict],
+                    base_file: dict | None = None) -> dict:
     """The manifest's hashed part: the same for the same recipe, inputs, tool and libraries."""
     resolved = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(settings.items())}
     for key in ("inputs",):
@@ -161,6 +170,7 @@ def package_content(recipe: Recipe, settings: dict[str, Any], base_digest: str, 
                    "base": _relative(recipe.base, recipe), **inputs_json(recipe.input_shape),
                    "layout": recipe.layout, "tasks": [t.name for t in recipe.tasks], "settings": resolved},
         "base": {"digest": base_digest, "bytes": recipe.base.stat().st_size},
+        **({"base_file": base_file} if base_file is not None else {}),
         "tasks": {name: tasks[name] for name in sorted(tasks)},
     }
 
@@ -201,14 +211,19 @@ def build_package(opts: PackageOptions) -> PackageResult:
     """Build the selected tasks of a recipe into ``opts.out``, published whole or not at all."""
     recipe = opts.recipe
     chosen = select_tasks(recipe, opts.tasks, opts.shard)
-    per_task = {t.name: task_options(recipe, t, opts.overrides, opts.quiet) for t in chosen}
+    per_task = {t.name: replace(task_options(recipe, t, opts.overrides, opts.quiet), delta=recipe.layout == "edge")
+                for t in chosen}
     settings = {**recipe.settings, **opts.overrides}
     out = check_out_dir(opts.out, inputs=recipe.inputs(), option="--out")
     with staged(out) as staging:
         reports, digest = _build_tasks(recipe, chosen, per_task, staging, opts)
+        base_file = None
+        if recipe.layout == "edge":
+            p = staging / BASE_FILE
+            base_file = {"path": BASE_FILE, "sha256": sha256_file(p), "size": p.stat().st_size}
         content_tasks = {t.name: task_content(recipe, t, per_task[t.name], reports[t.name],
                                               staging / t.name, staging) for t in chosen}
-        content = package_content(recipe, settings, digest, content_tasks)
+        content = package_content(recipe, settings, digest, content_tasks, base_file)
         part = None
         if len(chosen) != len(recipe.tasks):
             part = {"tasks": [t.name for t in chosen], "of": [t.name for t in recipe.tasks],
@@ -242,9 +257,15 @@ def _build_tasks(recipe: Recipe, chosen: list[Task], per_task: dict[str, BuildOp
             layout_dirs[task.name].mkdir()
             progress = _progress(opts, task, i, len(chosen), per_task[task.name])
             reports[task.name] = run_task(per_task[task.name], base, layout_dirs[task.name], progress)
+    for task in chosen:   # the file the build verified, whatever the layout makes of it
+        reports[task.name]["model_sha256"] = sha256_file(layout_dirs[task.name] / "model.onnx")
     if recipe.layout == "triton":
         from spa_export.release.triton import to_triton_layout
 
         for task in chosen:
             to_triton_layout(layout_dirs[task.name], task.name)
+    if recipe.layout == "edge":
+        from spa_export.release.edge import to_edge_layout
+
+        to_edge_layout(staging, base.state, [layout_dirs[t.name] for t in chosen])
     return reports, base.digest

@@ -40,7 +40,7 @@ MAX_RECIPE_BYTES = 1 << 20
 MAX_VALUES = 100_000
 MAX_DEPTH = 32
 MAX_TASKS = 1000
-LAYOUTS = ("plain", "triton")
+LAYOUTS = ("plain", "triton", "edge")
 
 
 @dataclass(frozen=True)

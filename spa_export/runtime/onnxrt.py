@@ -79,8 +79,10 @@ class OnnxRuntimeRunner(Runner):
         providers: Sequence[str] = (CPU_PROVIDER,),
         name: str | None = None,
         memory_arena: bool = True,
+        model: bytes | None = None,
     ) -> None:
         self.path = Path(path)
+        self.model = model  # the file's bytes, already in memory (a materialized task): no file is read
         self.memory_arena = memory_arena  # False: no CPU arena (less memory for a few runs, slower for many)
         super().__init__(name if name is not None else self.path.stem)
         if opt_level not in OPT_LEVELS:
@@ -102,7 +104,8 @@ class OnnxRuntimeRunner(Runner):
 
     def _activate(self) -> None:
         ort = _import_ort()
-        require_file(self.path)
+        if self.model is None:
+            require_file(self.path)
         missing = [p for p in self.providers if p not in ort.get_available_providers()]
         if missing:
             raise InputError(
@@ -120,7 +123,7 @@ class OnnxRuntimeRunner(Runner):
         options.enable_cpu_mem_arena = self.memory_arena
         try:
             self._session = ort.InferenceSession(
-                str(self.path), sess_options=options, providers=list(self.providers)
+                self.model if self.model is not None else str(self.path), sess_options=options, providers=list(self.providers)
             )
         except Exception as err:  # ORT raises its own pybind exception types
             first = first_line(err)

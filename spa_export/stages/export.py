@@ -39,8 +39,12 @@ class ExportReport:
 
 
 def export_onnx(model: nn.Module, inputs: Inputs, path: Path, *, opset: int = DEFAULT_OPSET,
-                exporter: str = "torchscript", simplify: bool = True) -> ExportReport:
+                exporter: str = "torchscript", simplify: bool = True, keep_batchnorm: bool = False) -> ExportReport:
     """Export ``model`` to ``path`` (dynamic batch) and simplify it.
+
+    ``keep_batchnorm``: batch-norm stays a node of its own instead of being folded into the
+    convolution before it, so every weight keeps its layer's name and its base's values (the edge
+    layout's deltas refer to them; ONNX Runtime and TensorRT fold it again when they load the file).
 
     ``inputs``: every input of the network (InputSpecs); the file's inputs
     carry their names, each with a dynamic batch axis.
@@ -59,14 +63,14 @@ def export_onnx(model: nn.Module, inputs: Inputs, path: Path, *, opset: int = DE
         raise BuildError(f"an input is named like an output of the exported file ({', '.join(sorted(clash))}): "
                          "rename the input")
     try:
-        proto = _export(model, example, names, output_names, opset, exporter)
+        proto = _export(model, example, names, output_names, opset, exporter, keep_batchnorm)
     except BuildError as first:
         if exporter != "torchscript":
             raise
         # Some operations (adaptive pooling to a size that is not a factor of its input) only the
         # dynamo exporter can express: fall back to it, and say so in the report.
         try:
-            proto = _export(model, example, names, output_names, opset, "dynamo")
+            proto = _export(model, example, names, output_names, opset, "dynamo", keep_batchnorm)
         except BuildError:
             raise first from None
         exporter = "dynamo (torchscript failed)"
@@ -80,7 +84,8 @@ def export_onnx(model: nn.Module, inputs: Inputs, path: Path, *, opset: int = DE
         from onnxsim import simplify as onnxsim_simplify
 
         try:
-            candidate, ok = onnxsim_simplify(proto, check_n=0, skip_shape_inference=False)
+            candidate, ok = onnxsim_simplify(proto, check_n=0, skip_shape_inference=False,
+                                             skip_fuse_bn=keep_batchnorm)
         except Exception as err:  # onnxsim is an optimisation: keep the checked model
             warnings.warn(f"onnxsim failed, keeping the unsimplified model: {err}", stacklevel=2)
         else:
@@ -94,7 +99,7 @@ def export_onnx(model: nn.Module, inputs: Inputs, path: Path, *, opset: int = DE
 
 
 def _export(model: nn.Module, example: tuple[torch.Tensor, ...], input_names: list[str], output_names: list[str],
-            opset: int, exporter: str):
+            opset: int, exporter: str, keep_batchnorm: bool = False):
     import onnx
 
     buffer = io.BytesIO()
@@ -103,7 +108,8 @@ def _export(model: nn.Module, example: tuple[torch.Tensor, ...], input_names: li
         warnings.simplefilter("ignore")
         try:
             if exporter == "torchscript":
-                torch.onnx.export(model, example, buffer, dynamo=False, opset_version=opset,
+                training = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
+                torch.onnx.export(model, example, buffer, dynamo=False, opset_version=opset, training=training,
                                   input_names=input_names, output_names=output_names,
                                   dynamic_axes=dynamic_axes, do_constant_folding=True)
                 return onnx.load_from_string(buffer.getvalue())

@@ -15,6 +15,7 @@ from torch import nn
 from spa_export.nets.finite import all_finite
 from spa_export.nets.modcopy import check_complete, copy_leaving
 from spa_export.nets.threads import one_thread
+from spa_export.runtime.merge_math import merge_layer
 from spa_export.safety.errors import non_finite_merge
 from spa_export.spa import LayerSpa, SpaFile
 from spa_export.spa.projections import part_tensors, split_name, weight_names
@@ -107,44 +108,13 @@ class _Projection:
 
 
 def merged_weights(mod: nn.Module, layer: LayerSpa) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(W', b')`` of one layer: adapter update added, masks applied (spec steps 2 and 3)."""
-    w = mod.weight.detach().to(torch.float32).clone()
-    b = None if mod.bias is None else mod.bias.detach().to(torch.float32).clone()
-    out, in_ = w.shape[0], _in_size(mod)
-    oi, ii = layer.kept_out_index(out), layer.kept_in_index(in_)
-    update = None
-    if layer.lora_cols is not None:
-        update = layer.lora_cols.to(torch.float32) @ layer.lora_rows.to(torch.float32)
-    elif layer.pointwise is not None:
-        update = layer.pointwise.to(torch.float32).T
-    if update is not None:  # W'[kept outputs, kept inputs, centre] += update, one axis at a time
-        plane = w[(slice(None), slice(None), *(k // 2 for k in w.shape[2:]))]
-        rows = plane.index_select(0, oi)
-        block = rows.index_select(1, ii)
-        block += update
-        rows.index_copy_(1, ii, block)
-        plane.index_copy_(0, oi, rows)
-    if layer.pos_weights is not None:
-        protos = layer.proto_cols.to(torch.float32) @ layer.proto_rows.to(torch.float32)
-        for k in range(protos.shape[0]):
-            w += torch.kron(layer.pos_weights[k].to(torch.float32), protos[k])
-    if layer.adapter_bias is not None:
-        b[oi] += layer.adapter_bias.to(torch.float32)
-    if layer.out_mask is not None:
-        w[~layer.out_mask] = 0
-        if b is not None:
-            b[~layer.out_mask] = 0
-    if layer.in_mask is not None:
-        groups = getattr(mod, "groups", 1)
-        per_in, per_out = in_ // groups, out // groups
-        # Output o reads input channel g(o) * per_in + j at position j of its group g(o).
-        reads = (torch.arange(out) // per_out)[:, None] * per_in + torch.arange(per_in)[None, :]
-        w[~layer.in_mask[reads]] = 0
-    if layer.block_mask is not None:
-        p, q = out // layer.block_mask.shape[0], in_ // layer.block_mask.shape[1]
-        w *= torch.kron(layer.block_mask.to(torch.float32), torch.ones(p, q))
-    return w, b
+    """``(W', b')`` of one layer: adapter update added, masks applied (spec steps 2 and 3).
 
-
-def _in_size(mod: nn.Module) -> int:
-    return mod.in_features if isinstance(mod, (nn.Linear, _Projection)) else mod.in_channels
+    The formula is :func:`spa_export.runtime.merge_math.merge_layer`, the one a device runs when it
+    materializes a task from the base and its delta: the same bits on both.
+    """
+    weight = mod.weight.detach().to("cpu", torch.float32).numpy()
+    bias = None if mod.bias is None else mod.bias.detach().to("cpu", torch.float32).numpy()
+    fields = {k: v.detach().cpu().numpy() for k, v in layer.field_tensors().items()}
+    w, b = merge_layer(weight, bias, fields, groups=getattr(mod, "groups", 1))
+    return torch.from_numpy(w), None if b is None else torch.from_numpy(b)

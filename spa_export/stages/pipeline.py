@@ -63,6 +63,8 @@ class BuildOptions:
     budget_s: float = 2.0
     quiet: bool = False
     eval_data: Path | None = None
+    #: also write the task as a delta on the base (the edge layout: ``delta.safetensors``)
+    delta: bool = False
 
 
 @dataclass
@@ -132,6 +134,8 @@ def build(opts: BuildOptions) -> BuildResult:
 
 def stage_names(opts: BuildOptions) -> list[str]:
     names = ["load", "reference", "merge", "plan", "apply", "export", "verify"]
+    if opts.delta:
+        names.append("delta")
     if opts.eval_data is not None:
         names.append("evaluate")
     if opts.bench != "none":
@@ -168,7 +172,7 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         from spa_export.stages.verify import expected_outputs, verify_against
 
         settle()  # what the imports made stays: later collections need not walk it
-        keep_base = base is not None
+        keep_base = base is not None or opts.delta   # a delta refers to the base's tensors
         base = base if base is not None else read_base(opts.base)
         loaded = load_task(base, opts.spa, opts.arch, ignore_base_digest=opts.ignore_base_digest)
         user_inputs = [(f"input {p.name}", read_inputs(p, specs)) for p in opts.inputs]
@@ -232,7 +236,8 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         networks = {"dense": merged} if torch_cuda_timing(opts.bench) and is_plain(specs) else None
         del merged
         release()
-        export = export_onnx(pruned, specs, staging / "model.onnx", opset=opts.opset, exporter=opts.exporter)
+        export = export_onnx(pruned, specs, staging / "model.onnx", opset=opts.opset, exporter=opts.exporter,
+                             keep_batchnorm=opts.delta)
         if networks is not None:
             networks["pruned"] = pruned
         del pruned
@@ -251,6 +256,11 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
             raise VerificationError(
                 f"model.onnx differs from the masked network beyond rtol={opts.rtol}, "
                 f"atol={opts.atol_scale} x output scale: {verification.summary()}")
+        _write_check_cases(opts, expected, staging)
+    delta = None
+    if opts.delta:
+        with progress.stage("delta"):
+            delta = _write_delta(loaded, plan, staging)
     report = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "spa-export", "version": __version__},
@@ -270,6 +280,7 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         **({"blocks": blocks} if (blocks := block_report(loaded.spa, plan)) else {}),
         "export": export.to_json(),
         "verification": verification.to_json(),
+        **({"delta": delta.to_json()} if delta is not None else {}),
     }
     if evaluation is not None:
         with progress.stage("evaluate"):
@@ -293,6 +304,27 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         _write_reports(report, staging)
     report["stages"] = list(progress.times)
     (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    return report
+
+
+def _write_check_cases(opts: BuildOptions, expected: object, staging: Path) -> None:
+    """``check.safetensors``: the reference's outputs for the random cases, for ``spa-export check``."""
+    from spa_export.runtime.check import check_bytes
+    from spa_export.runtime.packaged import CHECK_FILE
+
+    n = len(opts.verify_batches)
+    (staging / CHECK_FILE).write_bytes(check_bytes(opts.input_shape, opts.seed, opts.verify_batches,
+                                                   expected.outputs[:n], rtol=opts.rtol,
+                                                   atol_scale=opts.atol_scale))
+
+
+def _write_delta(loaded: object, plan: object, staging: Path) -> object:
+    from spa_export.runtime.packaged import DELTA_FILE
+    from spa_export.stages.delta import make_delta, numpy_state
+
+    data, report = make_delta(staging / "model.onnx", plan, numpy_state(loaded.base_state), loaded.spa,
+                              base_digest=loaded.base_digest, task=staging.name)
+    (staging / DELTA_FILE).write_bytes(data)
     return report
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from spa_export.nets.finite import all_finite
+from spa_export.runtime.compare import compare_output
 from spa_export.runtime.inputs import Inputs, random_arrays
 from spa_export.safety.errors import InputError, VerificationError
 from spa_export.safety.memory import release
@@ -192,32 +193,5 @@ def _compare_outputs(case: str, expected: list[np.ndarray], got: list[np.ndarray
     if len(expected) != len(got):
         raise VerificationError(f"'{case}': the masked network has {len(expected)} outputs, the ONNX file {len(got)}")
     names = ["output"] if len(expected) == 1 else [f"output{k}" for k in range(len(expected))]
-    return [{**_compare(case, n, e, g, rtol, atol_scale), "reference": reference}
+    return [{**compare_output(case, n, e, g, rtol, atol_scale), "reference": reference}
             for n, e, g in zip(names, expected, got, strict=True)]
-
-
-def _compare(case: str, output: str, expected: np.ndarray, got: np.ndarray, rtol: float,
-             atol_scale: float) -> dict:
-    if expected.shape != got.shape:
-        worst = {"output": output, "index": [], "expected": float("nan"), "got": float("nan"),
-                 "allowed": 0.0, "ratio": float("inf")}
-        return {"name": case, "output": output, "batch": int(expected.shape[0]), "passed": False,
-                "error": f"shape {list(got.shape)}, expected {list(expected.shape)}", "worst": worst}
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    atol = atol_scale * scale
-    err = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-    allowed = atol + rtol * np.abs(expected.astype(np.float64))
-    ratio = np.where(allowed > 0, err / np.maximum(allowed, 1e-300), np.where(err > 0, np.inf, 0.0))
-    ratio = np.where(np.isfinite(got) == np.isfinite(expected), ratio, np.inf)
-    flat = int(np.argmax(ratio)) if ratio.size else 0
-    idx = [int(i) for i in np.unravel_index(flat, expected.shape)] if ratio.size else []
-    worst = {"output": output, "index": idx,
-             "expected": float(expected.flat[flat]) if expected.size else 0.0,
-             "got": float(got.flat[flat]) if got.size else 0.0,
-             "allowed": float(allowed.flat[flat]) if allowed.size else 0.0,
-             "ratio": float(ratio.flat[flat]) if ratio.size else 0.0}
-    return {"name": case, "output": output, "batch": int(expected.shape[0]),
-            "passed": bool((ratio <= 1.0).all()), "mismatches": int((ratio > 1.0).sum()),
-            "max_abs_err": float(err.max()) if err.size else 0.0,
-            "max_rel_err": float(err.max() / scale) if scale > 0 and err.size else 0.0,
-            "atol": atol, "scale": scale, "worst": worst}

@@ -1,0 +1,141 @@
+"""A task as a delta on the base: the edge layout's per-task file, and materializing it.
+
+A delta (``<task>/delta.safetensors``, format in ``docs/spa-format.md``, "Edge
+packages") holds what one task's pruned network needs beyond the base: the
+graph without weights (an ONNX *skeleton*), the SPA tensors of the layers it
+adapts, the index lists of the channels each layer keeps, the tensors that
+exist only for this task (folded constants, overrides, a new head), and, per
+weight of the network, how it is made: ``base`` (a base tensor, merged with
+the layer's adapter and masks by :mod:`spa_export.runtime.merge_math`, then
+sliced to the kept channels) or ``raw`` (stored as is).
+
+:func:`materialize` rebuilds the ``model.onnx`` bytes with numpy and onnx
+alone. The build writes a delta only once materializing it has given the
+very bytes it verified, so a device that materializes a task gets the
+verified file, sha256 for sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spa_export.runtime.merge_math import merge_layer
+from spa_export.safety.errors import InputError
+
+FORMAT = "spa-export-delta"
+VERSION = 1
+META_KEY = "spa_export.delta"
+SKELETON = "skeleton"
+
+
+@dataclass
+class Delta:
+    """One task's delta: the header (``meta``) and its tensors by name."""
+
+    meta: dict[str, Any]
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def skeleton(self) -> bytes:
+        return self.tensors[SKELETON].tobytes()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def delta_bytes(delta: Delta) -> bytes:
+    """The file's bytes: safetensors, tensors in name order, the header as one JSON metadata entry."""
+    from safetensors.numpy import save
+
+    tensors = {k: np.ascontiguousarray(v) for k, v in sorted(delta.tensors.items())}
+    return save(tensors, metadata={META_KEY: json.dumps(delta.meta, sort_keys=True, separators=(",", ":"))})
+
+
+def read_delta(path: str | Path, data: bytes | None = None) -> Delta:
+    """Read and check a delta file; any fault is an InputError naming the file."""
+    path = Path(path)
+    try:
+        raw = data if data is not None else path.read_bytes()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the delta: {err.strerror or err}") from None
+    from safetensors.numpy import load
+
+    try:
+        tensors = load(raw)
+        meta = json.loads(_metadata(raw).get(META_KEY, "null"))
+    except Exception as err:   # a truncated or tampered file: safetensors' own error types
+        raise InputError(f"{path}: not a readable delta file ({type(err).__name__}: {str(err)[:120]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise InputError(f"{path}: not an spa-export delta (no '{META_KEY}' header of format {FORMAT})")
+    if meta.get("version") != VERSION:
+        raise InputError(f"{path}: delta format version {meta.get('version')!r}; this spa-export reads "
+                         f"version {VERSION} (upgrade spa-export, or rebuild the package)")
+    if SKELETON not in tensors:
+        raise InputError(f"{path}: the delta has no graph skeleton")
+    return Delta(meta, tensors)
+
+
+def _metadata(raw: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header."""
+    if len(raw) < 8:
+        raise ValueError("shorter than a safetensors header")
+    n = int.from_bytes(raw[:8], "little")
+    if n > len(raw) - 8:
+        raise ValueError("header longer than the file")
+    return json.loads(raw[8:8 + n].decode("utf-8")).get("__metadata__") or {}
+
+
+def materialize(delta: Delta, base: Mapping[str, np.ndarray], *, where: str = "delta") -> bytes:
+    """The task's ``model.onnx`` bytes, from its delta and the base's tensors."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load_from_string(delta.skeleton)
+    recipes = {r["name"]: r for r in delta.meta["initializers"]}
+    for init in model.graph.initializer:
+        recipe = recipes.get(init.name)
+        if recipe is None:
+            raise InputError(f"{where}: the skeleton has a weight '{init.name}' that the delta does not describe")
+        array = make_weight(recipe, delta.tensors, base, where)
+        want = helper.tensor_dtype_to_np_dtype(init.data_type)
+        if tuple(array.shape) != tuple(init.dims):
+            raise InputError(f"{where}: weight '{init.name}' comes out {list(array.shape)}, the graph wants "
+                             f"{list(init.dims)} (a delta for another base?)")
+        init.raw_data = np.ascontiguousarray(array.astype(want.newbyteorder("<"), copy=False)).tobytes()
+    return model.SerializeToString()
+
+
+def make_weight(recipe: dict, tensors: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray],
+                where: str) -> np.ndarray:
+    """One weight of the network, as its recipe (an entry of the header's ``initializers``) makes it."""
+    if recipe["from"] == "raw":
+        return tensors[f"raw/{recipe['name']}"]
+
+    def source(key: str | None) -> np.ndarray | None:
+        if key is None:
+            return None
+        if f"override/{key}" in tensors:
+            return tensors[f"override/{key}"]
+        if key not in base:
+            raise InputError(f"{where}: the base has no tensor '{key}' (a delta for another base?)")
+        return base[key]
+
+    array = source(recipe["key"])
+    layer = recipe.get("layer")
+    if layer is not None:   # a weight or bias of an adapted layer: the merge formula, both at once
+        prefix = f"layer/{layer}/"
+        fields = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        w, b = merge_layer(source(recipe["weight"]), source(recipe.get("bias")), fields, groups=recipe["groups"])
+        array = w if recipe["key"] == recipe["weight"] else b
+    for axis, name in enumerate(recipe["index"]):
+        if name is not None:
+            array = np.take(array, tensors[f"index/{name}"], axis=axis)
+    return array
