@@ -35,9 +35,9 @@ from typing import Any
 
 from spa_export import __version__
 from spa_export.release.recipe import MANIFEST, SUMMARY, Recipe, Task
-from spa_export.runtime.packaged import BASE_FILE
 from spa_export.runtime.environment import library_versions
 from spa_export.runtime.inputs import to_json as inputs_json
+from spa_export.runtime.packaged import BASE_FILE
 from spa_export.safety.errors import InputError, shown
 from spa_export.safety.ownership import check_out_dir, sha256_file
 from spa_export.safety.progress import StageProgress
@@ -211,8 +211,8 @@ def build_package(opts: PackageOptions) -> PackageResult:
     """Build the selected tasks of a recipe into ``opts.out``, published whole or not at all."""
     recipe = opts.recipe
     chosen = select_tasks(recipe, opts.tasks, opts.shard)
-    per_task = {t.name: replace(task_options(recipe, t, opts.overrides, opts.quiet), delta=recipe.layout == "edge")
-                for t in chosen}
+    per_task = {t.name: replace(task_options(recipe, t, opts.overrides, opts.quiet), delta=recipe.layout == "edge",
+                                check_cases=True) for t in chosen}
     settings = {**recipe.settings, **opts.overrides}
     out = check_out_dir(opts.out, inputs=recipe.inputs(), option="--out")
     with staged(out) as staging:

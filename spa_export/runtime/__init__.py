@@ -7,7 +7,12 @@ onnxruntime, tensorrt and polygraphy are imported inside functions.
 What it holds: ``runner`` (one lifecycle for every backend), ``onnxrt``, ``tensorrt`` and
 ``torch_cuda`` (the backends), ``timing`` and ``bench`` (side-by-side timing), ``engine``
 (TensorRT engines), ``environment`` (the machine and library versions), ``footprint`` (memory of
-a running model) and ``inputs`` (what a network takes: names, shapes, dtypes, value ranges).
+a running model), ``inputs`` (what a network takes: names, shapes, dtypes, value ranges),
+``compare`` (outputs against expected ones under stated tolerances), ``merge_math`` (the merge
+formula on numpy arrays, shared by the build and the device), ``delta`` (a task as a delta on the
+base, and materializing it), ``packaged`` (a built package read on the device: each task's
+verified network, from its file or its delta) and ``check`` (stored verification cases, run on
+the target).
 
 May import: spa_export.safety
 """

@@ -65,6 +65,8 @@ class BuildOptions:
     eval_data: Path | None = None
     #: also write the task as a delta on the base (the edge layout: ``delta.safetensors``)
     delta: bool = False
+    #: also write check.safetensors (the reference's outputs, for spa-export check): a package's tasks
+    check_cases: bool = False
 
 
 @dataclass
@@ -256,7 +258,8 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
             raise VerificationError(
                 f"model.onnx differs from the masked network beyond rtol={opts.rtol}, "
                 f"atol={opts.atol_scale} x output scale: {verification.summary()}")
-        _write_check_cases(opts, expected, staging)
+        if opts.check_cases:
+            _write_check_cases(opts, expected, staging)
     delta = None
     if opts.delta:
         with progress.stage("delta"):

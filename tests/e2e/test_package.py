@@ -54,7 +54,8 @@ def test_package_layout_and_manifest(single: Path) -> None:
     for name in TASKS:
         entry = content["tasks"][name]
         assert entry["spa"]["path"] == f"../models/digits/{name}.spa"
-        assert set(entry["artefacts"]) == {f"{name}/model.onnx"}
+        assert set(entry["artefacts"]) == {f"{name}/model.onnx", f"{name}/check.safetensors"}
+        assert entry["model_sha256"] == entry["artefacts"][f"{name}/model.onnx"]["sha256"]
         assert {f"{name}/report.json", f"{name}/report.md"} <= set(manifest["run"]["files"])
     assert (single / "summary.md").read_text().count("| yes |") == len(TASKS)
 
