@@ -35,7 +35,7 @@ from spa_export.safety.ownership import check_out_dir, foreign_contents, read_ma
 from spa_export.safety.publish import publish_whole, staged
 
 #: Manifest content fields that every part must share.
-SHARED = ("tool", "libraries", "recipe", "base")
+SHARED = ("tool", "libraries", "recipe", "base", "base_file")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 
@@ -86,7 +86,8 @@ def _agree(parts: Sequence[Part]) -> None:
             a, b = first.manifest["content"].get(key), part.manifest["content"].get(key)
             if a != b:
                 what = {"tool": "another spa-export version", "libraries": "other library versions",
-                        "recipe": "another recipe (or other settings)", "base": "another base"}[key]
+                        "recipe": "another recipe (or other settings)", "base": "another base",
+                        "base_file": "another base file (edge layout)"}[key]
                 raise InputError(f"{part.path}: built from {what} than {first.path} ({key}: "
                                  f"{shown(json.dumps(b, sort_keys=True), 160)} vs "
                                  f"{shown(json.dumps(a, sort_keys=True), 160)})")
@@ -155,6 +156,11 @@ def assemble(part_paths: Sequence[Path], out: Path) -> dict:
             reports[name] = json.loads((staging / name / "report.json").read_text(encoding="utf-8"))
             run_tasks[name] = part.manifest["run"]["tasks"][name]
             files.update({k: v for k, v in part.manifest["run"]["files"].items() if k.startswith(f"{name}/")})
+        base_file = content.get("base_file")
+        if base_file is not None:   # the edge layout: the base once, as every part carries it
+            shutil.copyfile(parts[0].path / base_file["path"], staging / base_file["path"])
+            if sha256_file(staging / base_file["path"]) != base_file["sha256"]:
+                raise InputError(f"{parts[0].path / base_file['path']}: changed since the part was built")
         run = {"host": parts[0].manifest["run"]["host"], "files": files, "tasks": run_tasks,
                "parts": [{"path": str(p.path), "tasks": p.tasks, "host": p.manifest["run"]["host"]} for p in parts]}
         manifest = make_manifest(content, run, None)

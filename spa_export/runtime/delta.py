@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from spa_export.runtime.merge_math import merge_layer
+from spa_export.runtime.merge_math import merge_kept
 from spa_export.safety.errors import InputError
 
 FORMAT = "spa-export-delta"
@@ -129,13 +129,17 @@ def make_weight(recipe: dict, tensors: Mapping[str, np.ndarray], base: Mapping[s
         return base[key]
 
     array = source(recipe["key"])
+    index = [None if name is None else tensors[f"index/{name}"] for name in recipe["index"]]
     layer = recipe.get("layer")
-    if layer is not None:   # a weight or bias of an adapted layer: the merge formula, both at once
+    if layer is not None:   # a weight or bias of an adapted layer: the merge formula, on the kept channels only
         prefix = f"layer/{layer}/"
         fields = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        w, b = merge_layer(source(recipe["weight"]), source(recipe.get("bias")), fields, groups=recipe["groups"])
-        array = w if recipe["key"] == recipe["weight"] else b
-    for axis, name in enumerate(recipe["index"]):
-        if name is not None:
-            array = np.take(array, tensors[f"index/{name}"], axis=axis)
+        weight = recipe["key"] == recipe["weight"]
+        w, b = merge_kept(source(recipe["weight"]), source(recipe.get("bias")), fields, out_keep=index[0],
+                          in_keep=index[1] if weight and len(index) > 1 else None, groups=recipe["groups"])
+        array = w if weight else b
+        index = [None, None] if weight else [None]
+    for axis, keep in enumerate(index):
+        if keep is not None:
+            array = np.take(array, keep, axis=axis)
     return array

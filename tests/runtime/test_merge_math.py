@@ -70,3 +70,27 @@ def test_pointwise_update_and_adapter_bias(kind: str) -> None:
         merged, bias = merge_layer(w, b, {"adapter_bias": np.array([0.5], np.float32),
                                           "out_mask": np.array([0, 1], bool)})
         assert bias.tolist() == [0.0, 0.5]
+
+
+@pytest.mark.parametrize("kind", ["splora", "sppara", "none"])
+def test_merging_only_the_kept_channels_gives_the_same_bits_as_merging_all(kind: str) -> None:
+    from spa_export.runtime.merge_math import merge_kept
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((12, 10, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(12).astype(np.float32)
+    out_mask, in_mask = rng.random(12) < 0.6, rng.random(10) < 0.7
+    layer = {"out_mask": out_mask, "in_mask": in_mask,
+             "adapter_bias": rng.standard_normal(int(out_mask.sum())).astype(np.float32)}
+    if kind == "splora":
+        layer |= {"lora_cols": rng.standard_normal((int(out_mask.sum()), 3)).astype(np.float32),
+                  "lora_rows": rng.standard_normal((3, int(in_mask.sum()))).astype(np.float32)}
+    elif kind == "sppara":
+        layer["pointwise"] = rng.standard_normal((int(in_mask.sum()), int(out_mask.sum()))).astype(np.float32)
+    full_w, full_b = merge_layer(w, b, layer)
+    # a plan keeps the masks' channels and, rounding up, a few masked ones
+    out_keep = np.flatnonzero(out_mask | (np.arange(12) % 5 == 0))
+    in_keep = np.flatnonzero(in_mask | (np.arange(10) == 9))
+    kw, kb = merge_kept(w, b, layer, out_keep=out_keep, in_keep=in_keep)
+    assert kw.tobytes() == np.ascontiguousarray(full_w[out_keep][:, in_keep]).tobytes()
+    assert kb.tobytes() == full_b[out_keep].tobytes()
