@@ -23,7 +23,9 @@ imports nothing heavy): :func:`build` and :class:`BuildOptions` (one task),
 :func:`build_package`, :class:`PackageOptions` and :func:`load_recipe` (a release),
 :func:`pack_model` and :func:`pack_checkpoint` (an SPA file from a trained network),
 :func:`read_spa`, :func:`write_spa`, :func:`make_spa` and :class:`LayerSpa` (the format),
-:func:`synth_spa` (a synthetic SPA) and :class:`InputSpec` (a network's input).
+:func:`synth_spa` (a synthetic SPA) and :class:`InputSpec` (a network's input); on a device, without
+torch: :func:`open_package`, :func:`materialize_task` (a task's verified ``model.onnx`` bytes, from its
+file or its delta) and :func:`task_session` (an ONNX Runtime session of a task, made in memory).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ _PUBLIC = {
     "SpaFile": "spa_export.spa",
     "synth_spa": "spa_export.pack.synth",
     "InputSpec": "spa_export.runtime.inputs",
+    "task_session": "spa_export.runtime.packaged",
+    "materialize_task": "spa_export.runtime.packaged",
+    "open_package": "spa_export.runtime.packaged",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 _SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "threads": "threads",
              "budget": "budget_s", "opset": "opset", "round_to": "round_to", "rtol": "rtol",
              "atol": "atol_scale", "exporter": "exporter", "seed": "seed",
-             "ignore_base_digest": "ignore_base_digest", "inputs": "inputs"}
+             "ignore_base_digest": "ignore_base_digest", "inputs": "inputs", "quantize": "quantize",
+             "calibration": "calibration", "max_accuracy_drop": "max_accuracy_drop",
+             "max_disagreement": "max_disagreement", "int8_activations": "int8_activations"}
 
 
 @click.command("build")
@@ -64,6 +66,19 @@ _SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "thre
               help="torch.onnx exporter [default: torchscript].")
 @click.option("--ignore-base-digest", is_flag=True, help="Go on although the SPA names another base.")
 @click.option("--seed", type=int, default=None, help="Seed of the verification inputs, 0 or more [default: 0].")
+@click.option("--quantize", multiple=True, metavar="int8",
+              help="Also build model.int8.onnx (ONNX Runtime's static QDQ quantization, per-channel weights; "
+                   "dynamic MatMul quantization for transformers), checked against float32.")
+@click.option("--calibration", metavar="DATA.npz|random",
+              help="int8 calibration inputs (.npz with x, or one array per input; .npy), 16 samples or more; "
+                   "'random' only when asked for (the report says so).")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="int8 gate: accuracy points it may lose on the evaluation set [default: 1]; over it: exit 1.")
+@click.option("--max-disagreement", type=float, default=None,
+              help="int8 gate without an evaluation set: top-1 disagreement with float32 on the calibration "
+                   "and verification inputs, percent [default: 5].")
+@click.option("--int8-activations", type=click.Choice(["auto", "u8", "s8"]), default=None,
+              help="int8 activation type; auto: the fastest for this processor (u8 on x86, s8 on ARM).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def build(recipe_arg: Path | None, recipe: Path | None, tasks: tuple[str, ...], shard: str | None, jobs: int,
           layout: str | None, eval_data: Path | None, **given: Any) -> None:

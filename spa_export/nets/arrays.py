@@ -129,6 +129,11 @@ def read_inputs(path: Path, inputs: Sequence[InputSpec]) -> dict[str, np.ndarray
     return out
 
 
+def check_input(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    """``arr`` as samples of input ``spec`` ([N, ...] or one sample): shape, dtype, finiteness and range checked."""
+    return _checked(arr, spec, where)
+
+
 def _checked(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
     shape = spec.shape
     if arr.ndim == len(shape) - 1:

@@ -113,6 +113,8 @@ def task_options(recipe: Recipe, task: Task, overrides: dict[str, Any], quiet: b
     settings = {**recipe.settings, **overrides}
     inputs = tuple(settings.pop("inputs", ())) + task.inputs
     settings.pop("quiet", None)
+    if task.calibration is not None:   # the task's own calibration inputs win over the recipe's
+        settings["calibration"] = task.calibration
     opts = BuildOptions(base=recipe.base, spa=task.spa, out=Path("."), input_shape=recipe.input_shape,
                         inputs=inputs, eval_data=task.eval, quiet=quiet)
     return validate_options(replace(opts, **settings))

@@ -51,6 +51,7 @@ class Task:
     spa: Path
     eval: Path | None = None
     inputs: tuple[Path, ...] = ()
+    calibration: Path | str | None = None   # int8 calibration inputs of this task (or "random")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class Recipe:
         files = [self.base, *self.settings.get("inputs", ())]
         for t in self.tasks:
             files += [t.spa, *t.inputs, *filter(None, [t.eval])]
+            files += [t.calibration] if isinstance(t.calibration, Path) else []
+        calibration = self.settings.get("calibration")
+        files += [calibration] if isinstance(calibration, Path) else []
         return files + ([self.path] if self.path is not None else [])
 
 
@@ -174,6 +178,22 @@ def _file(value: Any, name: str, folder: Path) -> Path:
     return path
 
 
+def _calibration(value: Any, name: str, folder: Path) -> Path | str:
+    """Int8 calibration inputs: a file, or the word ``random`` (asked for explicitly)."""
+    return "random" if value == "random" else _file(value, name, folder)
+
+
+def _precisions(value: Any, name: str) -> tuple[str, ...]:
+    from spa_export.runtime.quantize import PRECISIONS
+
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if not isinstance(v, str) or v not in PRECISIONS:
+            raise InputError(f"{name}: unknown precision {v!r} (known: {', '.join(PRECISIONS)}; float32 is always "
+                             "built)")
+    return tuple(dict.fromkeys(items))
+
+
 def _files(value: Any, name: str, folder: Path) -> tuple[Path, ...]:
     values = value if isinstance(value, list) else [value]
     return tuple(_file(v, name, folder) for v in values)
@@ -227,6 +247,11 @@ KEYS: dict[str, tuple[str, Convert]] = {
     "inputs": ("inputs", _files),
     "ignore_base_digest": ("ignore_base_digest", _flag),
     "description": ("description", _text),
+    "quantize": ("quantize", _wrap(lambda v, n: _precisions(v, n))),
+    "calibration": ("calibration", lambda v, n, f: _calibration(v, n, f)),
+    "max_accuracy_drop": ("max_accuracy_drop", _wrap(lambda v, n: validate.number(v, n, minimum=0.0, maximum=100.0))),
+    "max_disagreement": ("max_disagreement", _wrap(lambda v, n: validate.number(v, n, minimum=0.0, maximum=100.0))),
+    "int8_activations": ("int8_activations", _choice(("auto", "u8", "s8"))),
 }
 TASK_KEYS: dict[str, Convert] = {
     "name": lambda v, n, f: validate.task_name(v, n),
@@ -234,6 +259,7 @@ TASK_KEYS: dict[str, Convert] = {
     "eval": _file,
     "inputs": _files,
     "description": _text,
+    "calibration": lambda v, n, f: _calibration(v, n, f),
 }
 _RECIPE_FIELDS = ("base", "input_shape", "out", "spa", "tasks", "layout", "description")
 
@@ -270,7 +296,7 @@ def _tasks(value: Any, path: Path, folder: Path) -> tuple[Task, ...]:
             raise InputError(f"{where}: missing key 'spa' (the task's SPA file)")
         name = fields.get("name") or validate.task_name(
             fields["spa"].stem, f"{where}: the name taken from the SPA file's name (give name:)")
-        tasks.append(Task(name, fields["spa"], fields.get("eval"), fields.get("inputs", ())))
+        tasks.append(Task(name, fields["spa"], fields.get("eval"), fields.get("inputs", ()), fields.get("calibration")))
     names = [t.name for t in tasks]
     reserved = [n for n in names if n.lower() in PACKAGE_FILES]
     if reserved:

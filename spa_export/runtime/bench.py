@@ -84,6 +84,8 @@ def _entry(label: str, runner: Runner, stats: Stats) -> dict[str, Any]:
         "opt_level": info["opt_level"],
     }
     entry.update({k: v for k, v in stats.as_dict().items() if k != "batch"})
+    if label.endswith(INT8_SUFFIX):   # an int8 network (QDQ or dynamic), timed on the CPU beside float32
+        entry["precision"] = "int8"
     if runner.device == "gpu":
         entry["precision"] = info.get("precision") or "fp32"
         entry.setdefault("h2d_ms", None)
@@ -91,8 +93,16 @@ def _entry(label: str, runner: Runner, stats: Stats) -> dict[str, Any]:
     return entry
 
 
+#: a model label ending so is an int8 network: timed on the CPU only, its speed-ups in the float32 rows
+INT8_SUFFIX = "-int8"
+
+
 def speedups(latency: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Dense p50 over pruned p50 per device, runtime, precision and batch."""
+    """Dense p50 over pruned p50 per device, runtime, precision and batch.
+
+    Where a ``pruned-int8`` entry was timed in the same loop, the row also gives its p50 and its
+    speed-up over the float32 dense and pruned networks.
+    """
     groups: dict[tuple, dict[str, Mapping[str, Any]]] = {}
     for e in latency:
         key = (e["device"], e["runtime"], e.get("precision"), e["batch"])
@@ -110,6 +120,11 @@ def speedups(latency: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                                               and by_model["pruned"].get("stable", True))}
         if precision is not None:
             row["precision"] = precision
+        q = groups.get((device, runtime, "int8", batch), {}).get("pruned" + INT8_SUFFIX)
+        if q is not None and q["p50_ms"] > 0:
+            row.update({"int8_p50_ms": q["p50_ms"], "int8_over_dense": dense / q["p50_ms"],
+                        "int8_over_pruned": pruned / q["p50_ms"],
+                        "int8_stable": bool(q.get("stable", True))})
         out.append(row)
     return out
 
@@ -327,7 +342,8 @@ def benchmark(
         entries, _ = _time_group(runners, batch_list, seed, config, progress, "cpu onnxruntime", ranges)
         result["latency"].extend(entries)
     if device in ("gpu", "all"):
-        reason = _gpu_part(paths, batch_list, fp16=fp16, threads=threads, opt_level=opt_level,
+        gpu_paths = {k: p for k, p in paths.items() if not k.endswith(INT8_SUFFIX)}   # TensorRT int8: `engine`
+        reason = _gpu_part(gpu_paths, batch_list, fp16=fp16, threads=threads, opt_level=opt_level,
                            config=config, engine_dir=engine_dir, timing_cache=timing_cache,
                            seed=seed, progress=progress, result=result, networks=networks,
                            sample_shape=sample_shape, ranges=ranges)

@@ -86,6 +86,15 @@ def _predict_onnx(onnx_path: Path, x: np.ndarray) -> tuple[np.ndarray, int]:
     return np.concatenate(preds), classes
 
 
+def evaluate_int8(want: np.ndarray, int8_path: Path, data: EvalData) -> dict:
+    """Accuracy of the float32 reference and of the int8 file on ``data``, and their top-1 agreement."""
+    got, _ = _predict_onnx(int8_path, data.x)
+    n = int(len(data.y))
+    return {"dataset": data.dataset, "n": n, "reference": float((want == data.y).mean()),
+            "int8": float((got == data.y).mean()), "agreeing_predictions": int((want == got).sum()),
+            "top1_agreement_pct": float((want == got).mean() * 100)}
+
+
 def evaluate(want: np.ndarray, onnx_path: Path, data: EvalData) -> dict:
     """Accuracy of the reference and of the ONNX file on ``data``, and their agreement.
 

@@ -67,6 +67,15 @@ class BuildOptions:
     delta: bool = False
     #: also write check.safetensors (the reference's outputs, for spa-export check): a package's tasks
     check_cases: bool = False
+    #: extra precisions beside float32: ("int8",) adds model.int8.onnx (ONNX Runtime's quantization)
+    quantize: tuple[str, ...] = ()
+    #: calibration inputs for int8 (.npz/.npy), or "random" (explicitly: the report says so)
+    calibration: Path | str | None = None
+    #: int8's gate: accuracy points it may lose on the evaluation set; without one, the top-1
+    #: disagreement (percent) it may show against float32 on the calibration and verification inputs
+    max_accuracy_drop: float = 1.0
+    max_disagreement: float = 5.0
+    int8_activations: str = "auto"
 
 
 @dataclass
@@ -101,12 +110,40 @@ def validate_options(opts: BuildOptions) -> BuildOptions:
         budget_s=validate.budget(opts.budget_s, "--budget"),
         inputs=tuple(Path(p) for p in opts.inputs),
         eval_data=Path(opts.eval_data) if opts.eval_data is not None else None,
+        quantize=_precisions(opts.quantize),
+        calibration=(None if opts.calibration is None else
+                     "random" if str(opts.calibration) == "random" else Path(opts.calibration)),
+        max_accuracy_drop=validate.number(opts.max_accuracy_drop, "--max-accuracy-drop", minimum=0.0, maximum=100.0),
+        max_disagreement=validate.number(opts.max_disagreement, "--max-disagreement", minimum=0.0, maximum=100.0),
+        int8_activations=validate.choice(opts.int8_activations, "--int8-activations", ("auto", "u8", "s8")),
     )
+    if checked.quantize and checked.calibration is None:
+        raise InputError("--quantize int8 needs calibration data: --calibration DATA.npz (inputs only: real "
+                         "samples the network will see, 16 or more), or --calibration random to quantize with "
+                         "ranges from random inputs (the report then says so)")
+    if isinstance(checked.calibration, Path):
+        require_file(checked.calibration)
     for p in (checked.base, checked.spa, *checked.inputs, *filter(None, [checked.eval_data])):
         require_file(p)
     if checked.bench == "gpu":
         check_gpu_available()
     return checked
+
+
+def _precisions(values: object) -> tuple[str, ...]:
+    """``--quantize`` values: known precisions, duplicates dropped."""
+    from spa_export.runtime.quantize import PRECISIONS
+
+    items = [values] if isinstance(values, str) else list(values or ())
+    out: list[str] = []
+    for v in items:
+        if not isinstance(v, str) or v not in PRECISIONS:
+            shown_value = f"'{v}'" if isinstance(v, str) else type(v).__name__
+            raise InputError(f"--quantize: unknown precision {shown_value} (known: {', '.join(PRECISIONS)}; "
+                             "float32 is always built)")
+        if v not in out:
+            out.append(v)
+    return tuple(out)
 
 
 def check_gpu_available() -> None:
@@ -138,6 +175,8 @@ def stage_names(opts: BuildOptions) -> list[str]:
     names = ["load", "reference", "merge", "plan", "apply", "export", "verify"]
     if opts.delta:
         names.append("delta")
+    if opts.quantize:
+        names.append("quantize")
     if opts.eval_data is not None:
         names.append("evaluate")
     if opts.bench != "none":
@@ -264,6 +303,12 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
     if opts.delta:
         with progress.stage("delta"):
             delta = _write_delta(loaded, plan, staging)
+    int8 = None
+    if opts.quantize:
+        with progress.stage("quantize"):
+            from spa_export.stages.quantize import quantize_task
+
+            int8 = quantize_task(opts, staging, expected, evaluation, predictions)
     report = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "spa-export", "version": __version__},
@@ -284,17 +329,23 @@ def _run_task(opts: BuildOptions, base: Base | None, staging: Path, progress: St
         "export": export.to_json(),
         "verification": verification.to_json(),
         **({"delta": delta.to_json()} if delta is not None else {}),
+        **({"int8": int8} if int8 is not None else {}),
     }
     if evaluation is not None:
         with progress.stage("evaluate"):
             from spa_export.stages.evaluate import evaluate
 
             report["accuracy"] = evaluate(predictions, staging / "model.onnx", evaluation)
+            if int8 is not None and "accuracy" in int8:
+                report["accuracy"]["int8"] = int8["accuracy"]["int8"]
     if opts.bench != "none":
         with progress.stage("bench"):
             from spa_export.runtime.bench import benchmark
 
-            report.update(benchmark({"dense": staging / "dense.onnx", "pruned": staging / "model.onnx"},
+            models = {"dense": staging / "dense.onnx", "pruned": staging / "model.onnx"}
+            if int8 is not None:
+                models["pruned-int8"] = staging / "model.int8.onnx"
+            report.update(benchmark(models,
                                     device=opts.bench, batches=opts.bench_batches, threads=opts.threads,
                                     budget_s=opts.budget_s, seed=opts.seed,
                                     progress=None if opts.quiet else progress.note,
