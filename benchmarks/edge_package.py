@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import add_common_options, default_input_shape, machine_info, machine_markdown, write_results  # noqa: E402
+from machine import (  # noqa: E402
+    add_common_options,
+    default_input_shape,
+    machine_info,
+    machine_markdown,
+    write_results,
+)
 
 HERE = Path(__file__).resolve().parent
 RANK = 8

@@ -76,7 +76,7 @@ _SETTINGS = {"arch": "arch", "bench": "bench", "batches": "bench_batches", "thre
               help="int8 gate: accuracy points it may lose on the evaluation set [default: 1]; over it: exit 1.")
 @click.option("--max-disagreement", type=float, default=None,
               help="int8 gate without an evaluation set: top-1 disagreement with float32 on the calibration "
-                   "and verification inputs, percent [default: 5].")
+                   "inputs, percent [default: 5]. Exit 1 over it.")
 @click.option("--int8-activations", type=click.Choice(["auto", "u8", "s8"]), default=None,
               help="int8 activation type; auto: the fastest for this processor (u8 on x86, s8 on ARM).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")

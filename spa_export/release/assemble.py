@@ -153,6 +153,8 @@ def assemble(part_paths: Sequence[Path], out: Path) -> dict:
         for name in order:
             part = by_task[name]
             shutil.copytree(part.path / name, staging / name)
+            if (part.path / f"{name}-int8").is_dir():   # the triton layout's int8 model of the task
+                shutil.copytree(part.path / f"{name}-int8", staging / f"{name}-int8")
             reports[name] = json.loads((staging / name / "report.json").read_text(encoding="utf-8"))
             run_tasks[name] = part.manifest["run"]["tasks"][name]
             files.update({k: v for k, v in part.manifest["run"]["files"].items() if k.startswith(f"{name}/")})

@@ -135,8 +135,11 @@ def _relative(path: Path, recipe: Recipe) -> str:
 def task_content(recipe: Recipe, task: Task, opts: BuildOptions, report: dict, folder: Path,
                  root: Path) -> dict:
     """The hashed part of one task's manifest entry: its inputs' and artefacts' digests, its sizes."""
+    from spa_export.release.triton import int8_folder
+
     artefacts = {}
-    for p in sorted(folder.rglob("*")):
+    twin = int8_folder(folder)   # the triton layout's int8 model of the task, where there is one
+    for p in sorted([*folder.rglob("*"), *(twin.rglob("*") if twin.is_dir() else [])]):
         if p.is_file() and p.suffix in (".onnx", ".pbtxt", ".safetensors"):
             artefacts[p.relative_to(root).as_posix()] = {"sha256": sha256_file(p), "size": p.stat().st_size}
     entry: dict[str, Any] = {

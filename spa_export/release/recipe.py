@@ -302,6 +302,10 @@ def _tasks(value: Any, path: Path, folder: Path) -> tuple[Task, ...]:
     if reserved:
         raise InputError(f"{path}: key 'tasks': task name '{reserved[0]}' is a file of the package itself "
                          f"({', '.join(sorted(PACKAGE_FILES))}); give the task another name:")
+    twins = [n for n in names if n.endswith("-int8") and n[:-5] in names]
+    if twins:   # the triton layout names a task's int8 model '<task>-int8'
+        raise InputError(f"{path}: key 'tasks': task name '{twins[0]}' is the name of task '{twins[0][:-5]}''s int8 "
+                         "model in the triton layout; give the task another name:")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"{path}: key 'tasks': task name '{dupes[0]}' is used twice; names are folders")

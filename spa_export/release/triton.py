@@ -4,7 +4,10 @@ Each task's folder becomes a model: ``<task>/1/model.onnx`` (version 1) and
 ``<task>/config.pbtxt`` naming the ONNX Runtime backend, the inputs and outputs
 (shapes without the batch axis) and dynamic batching up to
 :data:`MAX_BATCH_SIZE`. The reports stay in the task's folder, which Triton
-ignores, and the package's manifest and summary at the top, likewise.
+ignores, and the package's manifest and summary at the top, likewise. A task
+built with ``--quantize int8`` gets a second model beside it, ``<task>-int8``
+(``<task>-int8/1/model.onnx`` and its ``config.pbtxt``): clients choose the
+precision by model name, and both load at once.
 """
 
 from __future__ import annotations
@@ -47,3 +50,14 @@ def to_triton_layout(folder: Path, name: str) -> None:
     version.mkdir()
     (folder / "model.onnx").rename(version / "model.onnx")
     (folder / "config.pbtxt").write_text(config_pbtxt(version / "model.onnx", name), encoding="utf-8")
+    int8 = folder / "model.int8.onnx"
+    if int8.is_file():
+        twin = int8_folder(folder)
+        (twin / "1").mkdir(parents=True)
+        int8.rename(twin / "1" / "model.onnx")
+        (twin / "config.pbtxt").write_text(config_pbtxt(twin / "1" / "model.onnx", twin.name), encoding="utf-8")
+
+
+def int8_folder(folder: Path) -> Path:
+    """The Triton model folder of a task's int8 network: ``<task>-int8`` beside ``<task>``."""
+    return folder.with_name(f"{folder.name}-int8")

@@ -162,26 +162,37 @@ def _latency(report: Mapping[str, Any], plot_name: str | None) -> list[str]:
         return lines + ["No latency was measured.", ""]
     groups: dict[tuple, dict[str, Mapping[str, Any]]] = {}
     for e in latency:
-        key = (e.get("device"), _runtime_label(e), e.get("batch"))
+        same = {**e, "precision": None} if e.get("precision") == "int8" else e   # int8 sits in float32's row
+        key = (e.get("device"), _runtime_label(same), e.get("batch"))
         groups.setdefault(key, {})[str(e.get("model"))] = e
     macs = report.get("macs") or {}
     macs_ratio, _ = _ratio(macs.get("dense"), macs.get("pruned"))
     paired = all("dense" in g and "pruned" in g for g in groups.values())
+    int8 = any("pruned-int8" in g for g in groups.values())
     if paired:
         rows = []
         for (device, runtime, batch), g in groups.items():
-            d, p = g["dense"], g["pruned"]
+            d, p, q = g["dense"], g["pruned"], g.get("pruned-int8")
             speed = d["p50_ms"] / p["p50_ms"] if p.get("p50_ms") else None
-            rows.append((device, runtime, batch, _ms(d.get("p50_ms")), _ms(d.get("p90_ms")),
-                         _ms(d.get("p99_ms")), _ms(p.get("p50_ms")), _ms(p.get("p90_ms")),
-                         _ms(p.get("p99_ms")), f"×{speed:.2f}" if speed else "n/a",
-                         f"×{1 / macs_ratio:.2f}" if macs_ratio else "n/a",
-                         _stable(d.get("stable", True) and p.get("stable", True))))
-        lines += _table(("Device", "Runtime", "Batch", "Dense p50 ms", "Dense p90 ms",
-                         "Dense p99 ms", "Pruned p50 ms", "Pruned p90 ms", "Pruned p99 ms",
-                         "Speedup", "MACs ratio", "Stable"), rows)
+            row = [device, runtime, batch, _ms(d.get("p50_ms")), _ms(d.get("p90_ms")),
+                   _ms(d.get("p99_ms")), _ms(p.get("p50_ms")), _ms(p.get("p90_ms")),
+                   _ms(p.get("p99_ms")), f"×{speed:.2f}" if speed else "n/a",
+                   f"×{1 / macs_ratio:.2f}" if macs_ratio else "n/a",
+                   _stable(d.get("stable", True) and p.get("stable", True))]
+            if int8:
+                row[-1:-1] = ([_ms(q.get("p50_ms")), f"×{d['p50_ms'] / q['p50_ms']:.2f}",
+                               f"×{p['p50_ms'] / q['p50_ms']:.2f}"] if q and q.get("p50_ms") else ["n/a"] * 3)
+            rows.append(row)
+        header = ["Device", "Runtime", "Batch", "Dense p50 ms", "Dense p90 ms", "Dense p99 ms", "Pruned p50 ms",
+                  "Pruned p90 ms", "Pruned p99 ms", "Speedup", "MACs ratio", "Stable"]
+        if int8:
+            header[-1:-1] = ["Int8 pruned p50 ms", "Int8 / dense", "Int8 / pruned"]
+        lines += _table(header, rows)
         lines += ["", "Speedup is dense p50 over pruned p50; the MACs ratio is dense MACs "
                   "over pruned MACs, the speedup that counting operations predicts."]
+        if int8:
+            lines += ["Int8 columns: the int8 pruned network, timed in the same loop; its speed-up over the "
+                      "float32 dense and pruned networks."]
     else:
         lines += _table(("Device", "Runtime", "Model", "Batch", "p50 ms", "p90 ms", "p99 ms",
                          "Runs", "Stable"),
@@ -238,6 +249,35 @@ def _accuracy(report: Mapping[str, Any]) -> list[str]:
 
 def _pct(value: object) -> str:
     return f"{value:.2%}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _int8(report: Mapping[str, Any]) -> list[str]:
+    q = report.get("int8")
+    if not isinstance(q, Mapping):
+        return []
+    gate = q.get("gate") or {}
+    c = q.get("comparison") or {}
+    lines = ["## Int8 (`model.int8.onnx`)", "",
+             "Quantized from the verified float32 network with ONNX Runtime's tools; 8 bits cannot be exact, "
+             "so it is judged by what it changes, against float32:", "",
+             f"- method: {q.get('method')}; activations {q.get('activations')}: {q.get('why')}",
+             f"- int8 instructions of this processor: {q.get('instructions')}",
+             f"- calibration: {q.get('calibration')}",
+             f"- output error on {c.get('samples')} {c.get('inputs', 'inputs')}: at most "
+             f"{_sci(c.get('max_error_of_scale'))} of the output's scale"
+             + (f"; top-1 disagreement {c['top1_disagreement_pct']:.2f}%" if "top1_disagreement_pct" in c else ""),
+             f"- output error on the {(q.get('verification_cases') or {}).get('samples')} seeded random verification "
+             f"inputs (often outside the calibrated ranges): at most "
+             f"{_sci((q.get('verification_cases') or {}).get('max_error_of_scale'))} of the output's scale"]
+    a = q.get("accuracy")
+    if isinstance(a, Mapping):
+        lines.append(f"- accuracy on {a.get('dataset')} (n={a.get('n')}): float32 reference {_pct(a.get('reference'))}, "
+                     f"int8 {_pct(a.get('int8'))}; {a.get('agreeing_predictions')} of {a.get('n')} predictions agree")
+    if gate:
+        verdict = "passed" if gate.get("passed") else "**failed**"
+        value = f": {gate['value']:.2f} against the limit {gate['limit']:g}" if "value" in gate else ""
+        lines.append(f"- gate, {gate.get('kind')}{value}: {verdict}")
+    return [*lines, ""]
 
 
 def _groups(report: Mapping[str, Any]) -> list[str]:
@@ -305,6 +345,7 @@ def render_markdown(report: Mapping[str, Any], plot_name: str | None = None) -> 
     lines = [title, ""]
     lines += _summary(report)
     lines += _accuracy(report)
+    lines += _int8(report)
     lines += _latency(report, plot_name)
     lines += _gpu(report)
     lines += _groups(report)

@@ -64,15 +64,22 @@ def _latency(report: Mapping[str, Any]) -> str:
     if not rows:
         return "not timed"
     s = min(rows, key=lambda r: (r["device"] != "cpu", not r.get("stable", True), r["batch"]))
+    int8 = f"; int8 {s['int8_p50_ms']:.3g} ms, x{s['int8_over_pruned']:.2f} over pruned" if "int8_p50_ms" in s else ""
     return (f"{s['dense_p50_ms']:.3g} -> {s['pruned_p50_ms']:.3g} ms (x{s['speedup']:.2f}, "
-            f"{s['device']} batch {s['batch']}" + ("" if s.get("stable", True) else "; **not stable: noise**") + ")")
+            f"{s['device']} batch {s['batch']}{int8}" + ("" if s.get("stable", True) else "; **not stable: noise**")
+            + ")")
 
 
 def _accuracy(report: Mapping[str, Any]) -> str:
     a = report.get("accuracy")
     if not isinstance(a, Mapping):
         return "no evaluation set"
-    return f"{_pct(a.get('reference'))} / {_pct(a.get('exported'))} (n={a.get('n')})"
+    int8 = f" / {_pct(a['int8'])}" if isinstance(a.get("int8"), (int, float)) else ""
+    return f"{_pct(a.get('reference'))} / {_pct(a.get('exported'))}{int8} (n={a.get('n')})"
+
+
+def _any_int8(reports: Mapping[str, Mapping[str, Any]]) -> bool:
+    return any(isinstance(r.get("int8"), Mapping) for r in reports.values())
 
 
 def render_summary(manifest: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any]],
@@ -104,7 +111,8 @@ def render_summary(manifest: Mapping[str, Any], reports: Mapping[str, Mapping[st
                      _fraction(kept, total) + (f" ({len(notes)})" if why else ""), _accuracy(r), _latency(r),
                      "yes" if r["verification"]["passed"] else "**no**"))
     lines += _table(("Task", "SPA file", "Learned params", "Params kept", "MACs kept", "Channels kept",
-                     "Accuracy: reference / exported", "Latency p50: dense -> pruned", "Verified"), rows)
+                     "Accuracy: reference / exported" + (" / int8" if _any_int8(reports) else ""),
+                     "Latency p50: dense -> pruned", "Verified"), rows)
     if notes:
         lines += ["", "Channels kept beyond what the masks remove, and why:", "", *notes]
     threads = timing_threads(reports)
@@ -116,5 +124,6 @@ def render_summary(manifest: Mapping[str, Any], reports: Mapping[str, Mapping[st
                   + (f", fewer than this machine's {cpus} CPUs: `-j` workers share the CPUs, so compare these "
                      "latencies only with a build made with the same `-j`" if max(threads) < cpus else "") + "."]
     lines += ["", "Accuracy is held-out accuracy of the task's masked reference network and of the exported "
-              "`model.onnx`; each task's `report.md` has the details.", ""]
+              "`model.onnx`" + (" (and of `model.int8.onnx`, quantized from it: not exact, gated by its accuracy "
+                                "drop)" if _any_int8(reports) else "") + "; each task's `report.md` has the details.", ""]
     return "\n".join(lines)

@@ -72,7 +72,7 @@ class BuildOptions:
     #: calibration inputs for int8 (.npz/.npy), or "random" (explicitly: the report says so)
     calibration: Path | str | None = None
     #: int8's gate: accuracy points it may lose on the evaluation set; without one, the top-1
-    #: disagreement (percent) it may show against float32 on the calibration and verification inputs
+    #: disagreement (percent) it may show against float32 on the calibration inputs
     max_accuracy_drop: float = 1.0
     max_disagreement: float = 5.0
     int8_activations: str = "auto"
@@ -121,8 +121,10 @@ def validate_options(opts: BuildOptions) -> BuildOptions:
         raise InputError("--quantize int8 needs calibration data: --calibration DATA.npz (inputs only: real "
                          "samples the network will see, 16 or more), or --calibration random to quantize with "
                          "ranges from random inputs (the report then says so)")
-    if isinstance(checked.calibration, Path):
-        require_file(checked.calibration)
+    if isinstance(checked.calibration, Path) and checked.quantize:   # read now: a bad file fails before any work
+        from spa_export.stages.quantize import read_calibration
+
+        read_calibration(checked.calibration, checked.input_shape)
     for p in (checked.base, checked.spa, *checked.inputs, *filter(None, [checked.eval_data])):
         require_file(p)
     if checked.bench == "gpu":

@@ -656,6 +656,59 @@ def recipe_not_yaml(c: Corpus) -> Case:
     return Case("", ["--recipe", str(p)], [str(p), "cannot read the recipe"])
 
 
+# --------------------------------------------------------------------------- int8 calibration data
+
+def _calibration(c: Corpus, name: str, x: np.ndarray, *extra: str) -> tuple[Path, list[str]]:
+    p = c.path(name)
+    with open(p, "wb") as fh:
+        np.savez(fh, x=x)
+    return p, c.args(extra=("--quantize", "int8", "--calibration", str(p), *extra))
+
+
+@case
+def calibration_wrong_shape(c: Corpus) -> Case:
+    p, args = _calibration(c, "calib-shape.npz", np.zeros((32, 3, 16, 16), dtype=np.float32))
+    return Case("", args, [str(p), "shape [32, 3, 16, 16]", "[N, 3, 32, 32]"])
+
+
+@case
+def calibration_wrong_dtype(c: Corpus) -> Case:
+    p, args = _calibration(c, "calib-dtype.npz", np.full((32, 3, 32, 32), "a"))
+    return Case("", args, [str(p), "array 'x'", "holds strings", "expected a numeric array"])
+
+
+@case
+def calibration_too_few_samples(c: Corpus) -> Case:
+    p, args = _calibration(c, "calib-few.npz", np.zeros((3, 3, 32, 32), dtype=np.float32))
+    return Case("", args, [str(p), "3 calibration samples", "16 or more"])
+
+
+@case
+def calibration_nan(c: Corpus) -> Case:
+    x = np.zeros((32, 3, 32, 32), dtype=np.float32)
+    x[5, 1, 2, 3] = np.nan
+    p, args = _calibration(c, "calib-nan.npz", x)
+    return Case("", args, [str(p), "array 'x'", "(nan) at index [5, 1, 2, 3]", "must be finite"])
+
+
+@case
+def calibration_empty(c: Corpus) -> Case:
+    p, args = _calibration(c, "calib-empty.npz", np.zeros((0, 3, 32, 32), dtype=np.float32))
+    return Case("", args, [str(p), "shape [0, 3, 32, 32]"])
+
+
+@case
+def calibration_missing(c: Corpus) -> Case:
+    return Case("", c.args(extra=("--quantize", "int8")), ["--quantize int8 needs calibration data",
+                                                          "--calibration DATA.npz", "--calibration random"])
+
+
+@case
+def quantize_unknown_precision(c: Corpus) -> Case:
+    return Case("", c.args(extra=("--quantize", "fp8", "--calibration", "random")),
+                ["--quantize", "unknown precision 'fp8'", "int8"])
+
+
 # --------------------------------------------------------------------------- verification inputs
 
 @case

@@ -6,7 +6,8 @@
 * a second build (here in two processes, ``-j 2``) gives byte-identical model
   files and the same hashed manifest content;
 * the recipe built as two shards and assembled equals the single-machine package;
-* ``--layout triton`` makes a Triton model repository;
+* ``--layout triton`` makes a Triton model repository (each task's int8 network a model of its own);
+* every task is also built in int8 (the recipe's ``quantize: [int8]``), within a point of float32;
 * SIGTERM during a parallel build leaves nothing behind, and the rerun works.
 """
 
@@ -54,7 +55,7 @@ def test_package_layout_and_manifest(single: Path) -> None:
     for name in TASKS:
         entry = content["tasks"][name]
         assert entry["spa"]["path"] == f"../models/digits/{name}.spa"
-        assert set(entry["artefacts"]) == {f"{name}/model.onnx", f"{name}/check.safetensors"}
+        assert set(entry["artefacts"]) == {f"{name}/model.onnx", f"{name}/model.int8.onnx", f"{name}/check.safetensors"}
         assert entry["model_sha256"] == entry["artefacts"][f"{name}/model.onnx"]["sha256"]
         assert {f"{name}/report.json", f"{name}/report.md"} <= set(manifest["run"]["files"])
     assert (single / "summary.md").read_text().count("| yes |") == len(TASKS)
@@ -70,6 +71,7 @@ def test_accuracy_reference_and_exported_agree_with_training(single: Path, task:
     assert abs(acc["reference"] - trained["accuracy"]["spa"]) < 1e-9    # the library network's own accuracy
     assert acc["reference"] > 1 / trained["classes"] + 0.3              # far above chance
     assert report["verification"]["passed"] and report["params"]["pruned"] < report["params"]["dense"]
+    assert abs(acc["int8"] - acc["reference"]) <= 0.01 and report["int8"]["gate"]["passed"]   # int8: within a point
 
 
 def test_a_second_build_in_parallel_is_byte_identical(single: Path, tmp_path: Path) -> None:
@@ -116,6 +118,11 @@ def test_triton_layout(tmp_path: Path) -> None:
     config = (out / "parity" / "config.pbtxt").read_text()
     assert config.startswith('name: "parity"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\n')
     assert 'dims: [ 1, 8, 8 ]' in config and "dims: [ 2 ]" in config and "dynamic_batching { }" in config
+    # the int8 network: a second model beside the task's, named for it, in the manifest with the task
+    assert (out / "parity-int8" / "1" / "model.onnx").is_file() and not (out / "parity" / "model.int8.onnx").exists()
+    assert (out / "parity-int8" / "config.pbtxt").read_text().startswith('name: "parity-int8"\n')
+    artefacts = json.loads((out / "manifest.json").read_text())["content"]["tasks"]["parity"]["artefacts"]
+    assert {"parity/1/model.onnx", "parity-int8/1/model.onnx", "parity-int8/config.pbtxt"} <= set(artefacts)
 
 
 def test_sigterm_during_a_parallel_build_leaves_nothing_and_the_rerun_works(tmp_path: Path) -> None:
