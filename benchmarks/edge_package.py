@@ -72,7 +72,7 @@ def make_recipe(work: Path, arch: str, shape: str, prune: float, tasks: int, see
 
 def build(recipe: Path, out: Path, layout: str) -> None:
     subprocess.run([sys.executable, "-m", "spa_export", "build", str(recipe), "--out", str(out), "--layout", layout,
-                    "-q", "-j", "2"], check=True, stdout=subprocess.DEVNULL)
+                    "--bench", "none", "-q", "-j", "2"], check=True, stdout=subprocess.DEVNULL)
 
 
 def sizes(pkg: Path) -> dict[str, int]:
@@ -80,11 +80,12 @@ def sizes(pkg: Path) -> dict[str, int]:
 
 
 def level_bytes(recipe: Path, plain: Path, edge: Path) -> dict[str, Any]:
+    from spa_export.release.recipe import load_recipe
     from spa_export.runtime.delta import SKELETON, read_delta
 
     ps, es = sizes(plain), sizes(edge)
     tasks = sorted({k.split("/")[0] for k in es if "/" in k})
-    spa = {t: (recipe.parent / f"{t}.spa").stat().st_size for t in tasks}
+    spa = {t.name: t.spa.stat().st_size for t in load_recipe(recipe).tasks}
     skeleton = {t: read_delta(edge / t / "delta.safetensors").tensors[SKELETON].nbytes for t in tasks}
     plain_payload = sum(ps[f"{t}/model.onnx"] for t in tasks)
     edge_payload = es["base.safetensors"] + sum(es[f"{t}/delta.safetensors"] for t in tasks)
@@ -178,6 +179,19 @@ def markdown(res: dict[str, Any]) -> str:
         u = b["update"]
         lines.append(f"| {level} | {u['plain'] / 1e3:.0f} KB | {u['edge'] / 1e3:.0f} KB | {u['spa'] / 1e3:.0f} KB | "
                      f"{u['edge_over_spa']:.2f} | {'yes' if u['within_2x_spa'] else 'no'} |")
+    if "digits" in res:
+        d = res["digits"]
+        lines += ["", "The shipped digits demo (`recipes/digits.yaml`, 3 tasks; both packages also hold each task's "
+                  "int8 file):", "",
+                  "| plain package | edge package | plain payload | edge payload | base | SPAs | skeletons | bound "
+                  "| within |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+                  f"| {d['plain_total'] / 1e3:.0f} KB | {d['edge_total'] / 1e3:.0f} KB | {d['plain_payload'] / 1e3:.0f} KB "
+                  f"| {d['edge_payload'] / 1e3:.0f} KB | {d['base'] / 1e3:.0f} KB | {d['spa_total'] / 1e3:.0f} KB | "
+                  f"{d['skeleton_total'] / 1e3:.0f} KB | {d['edge_bound'] / 1e3:.0f} KB | "
+                  f"{'yes' if d['edge_within_bound'] else 'no'} |",
+                  "", "Updating one digits task: " + ", ".join(
+                      f"{t}: edge {b / 1e3:.0f} KB against its SPA {d['spas'][t] / 1e3:.0f} KB"
+                      for t, b in d["deltas"].items())]
     t = res["timing"]
     lines += ["", f"Timing at {res['timing_level']}, task `{res['timing_task']}` (median of {t['materialize warm']['runs']}"
               "; one process, interleaved):", "", "| what | median | min |", "|---|---:|---:|"]
@@ -223,6 +237,11 @@ def main() -> None:
             res["levels"][f"{int(p * 100)}%"] = level_bytes(recipe, plain, edge)
             built[p] = (plain, edge)
             print(f"{int(p * 100)}%: {json.dumps(res['levels'][f'{int(p * 100)}%']['update'])}", file=sys.stderr)
+        digits = HERE.parent / "recipes" / "digits.yaml"
+        if not args.quick:
+            build(digits, work / "digits-plain", "plain")
+            build(digits, work / "digits-edge", "edge")
+            res["digits"] = level_bytes(digits, work / "digits-plain", work / "digits-edge")
         plain, edge = built[0.5]
         res["timing_level"], res["timing_task"] = "50%", "task0"
         res["timing"] = timings(plain, edge, "task0", args.repeats)

@@ -16,6 +16,9 @@ from spa_export.safety.errors import InputError, require_file
 @click.command("engine")
 @click.argument("model", type=INPUT)
 @click.option("--fp16", is_flag=True, help="Allow float16 kernels (default float32).")
+@click.option("--int8", is_flag=True,
+              help="An INT8 engine of an explicitly quantized model (model.int8.onnx of build --quantize int8): "
+                   "the scales come from its QDQ nodes, no calibrator runs.")
 @click.option("--batch", "batches", multiple=True, type=int, default=(1, 8), show_default=True,
               help="Batch size the engine must accept (repeat); one profile covers min..max.")
 @click.option("--out", "out_path", type=OUTPUT, default=None,
@@ -27,7 +30,7 @@ from spa_export.safety.errors import InputError, require_file
               help="Builder workspace limit in MiB.")
 @click.option("--force", is_flag=True, help="Replace an existing engine file (never MODEL itself).")
 def engine(
-    model: Path, fp16: bool, batches: tuple[int, ...], out_path: Path | None,
+    model: Path, fp16: bool, int8: bool, batches: tuple[int, ...], out_path: Path | None,
     timing_cache: Path | None, workspace_mb: int, force: bool,
 ) -> None:
     """Build a TensorRT engine of MODEL.onnx for this machine's GPU, with its
@@ -41,8 +44,13 @@ def engine(
     if model.suffix != ".onnx":
         raise InputError(f"{model}: expected an ONNX file (.onnx)")
     batches = validate.batches(batches, "--batch")
+    if int8:
+        from spa_export.runtime.engine import require_qdq
+
+        require_qdq(model)   # before anything else: a float model cannot give an INT8 engine here
     if out_path is None:
-        out_path = model.with_name(f"{model.stem}.{'fp16' if fp16 else 'fp32'}.engine")
+        precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+        out_path = model.with_name(f"{model.stem}.{precision}.engine")
     inputs = [model, *([timing_cache] if timing_cache is not None else [])]
     target = engine_path_for(out_path)
     check_out_file(target, inputs=inputs, option="--out", force=force)
@@ -51,7 +59,7 @@ def engine(
     def progress(message: str) -> None:
         click.echo(message, err=True)
 
-    built = build_engine(model, out_path, fp16=fp16, batches=list(batches),
+    built = build_engine(model, out_path, fp16=fp16, int8=int8, batches=list(batches),
                          timing_cache=timing_cache, workspace_mb=workspace_mb, progress=progress)
     click.echo(f"wrote {built}")
     click.echo(f"wrote {metadata_path(built)}")

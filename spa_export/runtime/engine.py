@@ -88,6 +88,21 @@ def profile_shapes(
     return shapes
 
 
+def _precision(fp16: bool, int8: bool) -> str:
+    return "int8" + ("+fp16" if fp16 else "") if int8 else "fp16" if fp16 else "fp32"
+
+
+def require_qdq(onnx_path: Path) -> None:
+    """An INT8 engine needs an explicitly quantized model: refuse a float one (a calibrator is not used)."""
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+    if not {"QuantizeLinear", "DequantizeLinear"} <= ops:
+        raise InputError(f"{onnx_path}: --int8 needs an explicitly quantized (QDQ) model, such as the "
+                         "model.int8.onnx of `spa-export build --quantize int8`; this one has no "
+                         "QuantizeLinear/DequantizeLinear nodes")
+
+
 def build_engine(
     onnx_path: str | Path,
     out_path: str | Path,
@@ -98,10 +113,17 @@ def build_engine(
     workspace_mb: int = 2048,
     opt_batch: int | None = None,
     progress: Callable[[str], None] | None = None,
+    int8: bool = False,
 ) -> Path:
-    """Build and save an engine; return its path (metadata at ``<engine>.json``)."""
+    """Build and save an engine; return its path (metadata at ``<engine>.json``).
+
+    ``int8``: an INT8 engine of an explicitly quantized (QDQ) model, such as ``model.int8.onnx``:
+    TensorRT takes the scales from its QuantizeLinear/DequantizeLinear nodes; no calibrator runs.
+    """
     onnx_path = Path(onnx_path)
     require_file(onnx_path)
+    if int8:
+        require_qdq(onnx_path)
     if workspace_mb < 1:
         raise InputError(f"workspace must be at least 1 MiB, got {workspace_mb}")
     trt = require_gpu()
@@ -120,12 +142,13 @@ def build_engine(
     cache = Path(timing_cache) if timing_cache is not None else None
     config = CreateConfig(
         fp16=fp16,
+        int8=int8,
         profiles=[profile],
         load_timing_cache=str(cache) if cache is not None and cache.is_file() else None,
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20},
     )
     if progress is not None:
-        progress(f"building a {'fp16' if fp16 else 'fp32'} engine of {onnx_path.name} "
+        progress(f"building a {_precision(fp16, int8)} engine of {onnx_path.name} "
                  f"for batches {sorted(set(batches))} (this takes a while)")
     try:
         serialized = EngineBytesFromNetwork(
@@ -139,7 +162,7 @@ def build_engine(
     engine_path = engine_path_for(out_path)
     meta = engine_metadata(
         onnx_path, trt_version=trt.__version__, gpu=gpu_device_info(), fp16=fp16,
-        shapes=shapes, batches=batches, workspace_mb=workspace_mb,
+        shapes=shapes, batches=batches, workspace_mb=workspace_mb, int8=int8,
     )
     atomic_write(engine_path, lambda fh: fh.write(memoryview(serialized)))
     atomic_write_bytes(metadata_path(engine_path), (json.dumps(meta, indent=2) + "\n").encode())
@@ -155,6 +178,7 @@ def engine_metadata(
     shapes: dict[str, tuple[Shape, Shape, Shape]],
     batches: Sequence[int],
     workspace_mb: int,
+    int8: bool = False,
 ) -> dict[str, Any]:
     """The JSON saved beside an engine."""
     return {
@@ -162,7 +186,7 @@ def engine_metadata(
         "tool": {"name": "spa-export", "version": __version__},
         "tensorrt_version": trt_version,
         "gpu": gpu,
-        "precision": "fp16" if fp16 else "fp32",
+        "precision": _precision(fp16, int8),
         "batches": sorted({int(b) for b in batches}),
         "profile": {name: {"min": list(lo), "opt": list(opt), "max": list(hi)}
                     for name, (lo, opt, hi) in shapes.items()},

@@ -59,15 +59,17 @@ def test_the_package_carries_the_base_once_and_each_task_as_a_delta(edge: Path) 
     manifest = json.loads((edge / "manifest.json").read_text())
     content = manifest["content"]
     assert content["recipe"]["layout"] == "edge"
-    assert not list(edge.rglob("*.onnx"))   # no whole network ships
+    # no float32 network ships whole; the int8 one (the recipe's quantize: [int8]) does, made by quantization
+    assert sorted(p.name for p in edge.rglob("*.onnx")) == ["model.int8.onnx"] * 3
     base = edge / "base.safetensors"
     assert content["base_file"] == {"path": "base.safetensors", "sha256": _sha(base.read_bytes()),
                                     "size": base.stat().st_size}
     for task in TASKS:
         files = {p.name for p in (edge / task).iterdir()}
-        assert files == {"delta.safetensors", "check.safetensors", "report.json", "report.md"}, files
+        assert files == {"delta.safetensors", "check.safetensors", "model.int8.onnx", "report.json", "report.md"}, files
         entry = content["tasks"][task]
-        assert set(entry["artefacts"]) == {f"{task}/delta.safetensors", f"{task}/check.safetensors"}
+        assert set(entry["artefacts"]) == {f"{task}/delta.safetensors", f"{task}/check.safetensors",
+                                           f"{task}/model.int8.onnx"}
         report = json.loads((edge / task / "report.json").read_text())
         # most weights come from the base; what is stored is small beside the network
         assert report["delta"]["from_base"] >= 0.8 * report["delta"]["weights"], report["delta"]

@@ -168,3 +168,30 @@ def test_gpu_benchmark(trt_gpu: None, tmp_path: Path) -> None:
         assert e["p50_ms"] <= e["p90_ms"] <= e["p99_ms"]
     assert len(result["gpu_numerics"]) == 2 * 2 * 2
     assert all(row["passed"] for row in result["gpu_numerics"])
+
+
+def test_an_int8_engine_needs_an_explicitly_quantized_model(tmp_path: Path) -> None:
+    """Refused before TensorRT is needed: a float model has no scales, and no calibrator runs."""
+    onnx_path = make_conv(tmp_path / "m.onnx", 16)
+    with pytest.raises(InputError, match="needs an explicitly quantized \\(QDQ\\) model"):
+        build_engine(onnx_path, tmp_path / "m", fp16=False, int8=True, batches=[1])
+    assert not list(tmp_path.glob("*.engine"))
+
+
+@pytest.mark.gpu
+def test_int8_engine_of_the_qdq_model_matches_onnxruntime(trt_gpu: None, tmp_path: Path) -> None:
+    from spa_export.runtime.onnxrt import OnnxRuntimeRunner
+    from spa_export.runtime.quantize import quantize_int8
+
+    onnx_path = make_conv(tmp_path / "m.onnx", 16)
+    rng = np.random.default_rng(0)
+    quantize_int8(onnx_path, tmp_path / "m.int8.onnx", {"x": rng.standard_normal((32, 3, 8, 8)).astype(np.float32)},
+                  calibration_source="random")
+    engine = build_engine(tmp_path / "m.int8.onnx", tmp_path / "m", fp16=False, int8=True, batches=[1, 4],
+                          workspace_mb=256)
+    assert read_engine_metadata(engine)["precision"] == "int8"
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    with TensorRTRunner(engine) as trt_runner, OnnxRuntimeRunner(tmp_path / "m.int8.onnx", threads=1) as ref:
+        got, want = trt_runner.infer({"x": x})["y"], ref.infer({"x": x})["y"]
+        scale = float(np.abs(want).max())
+        np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05 * scale)   # two int8 runtimes, one QDQ model
