@@ -86,7 +86,7 @@ def level_bytes(recipe: Path, plain: Path, edge: Path) -> dict[str, Any]:
     ps, es = sizes(plain), sizes(edge)
     tasks = sorted({k.split("/")[0] for k in es if "/" in k})
     spa = {t.name: t.spa.stat().st_size for t in load_recipe(recipe).tasks}
-    skeleton = {t: read_delta(edge / t / "delta.safetensors").tensors[SKELETON].nbytes for t in tasks}
+    skeleton = {t: read_delta(edge / t / "delta.safetensors").tensors[SKELETON].nbytes for t in tasks}   # zlib
     plain_payload = sum(ps[f"{t}/model.onnx"] for t in tasks)
     edge_payload = es["base.safetensors"] + sum(es[f"{t}/delta.safetensors"] for t in tasks)
     bound = es["base.safetensors"] + 1.5 * sum(spa.values()) + sum(skeleton.values())

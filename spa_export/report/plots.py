@@ -18,7 +18,7 @@ def _panels(latency: list[Mapping[str, Any]]) -> dict[str, dict[str, list[tuple[
         if not isinstance(e.get("p50_ms"), (int, float)) or not isinstance(e.get("batch"), int):
             continue
         title = f"{e.get('device', '?')} · {e.get('runtime', '?')}"
-        if e.get("precision"):
+        if e.get("precision") and e["precision"] != "int8":   # int8 is drawn beside float32 dense and pruned
             title += f" {e['precision']}"
         p90 = e.get("p90_ms") if isinstance(e.get("p90_ms"), (int, float)) else e["p50_ms"]
         panels.setdefault(title, {}).setdefault(str(e.get("model")), []).append(

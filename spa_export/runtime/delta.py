@@ -2,7 +2,7 @@
 
 A delta (``<task>/delta.safetensors``, format in ``docs/spa-format.md``, "Edge
 packages") holds what one task's pruned network needs beyond the base: the
-graph without weights (an ONNX *skeleton*), the SPA tensors of the layers it
+graph without weights (an ONNX *skeleton*, zlib-compressed), the SPA tensors of the layers it
 adapts, the index lists of the channels each layer keeps, the tensors that
 exist only for this task (folded constants, overrides, a new head), and, per
 weight of the network, how it is made: ``base`` (a base tensor, merged with
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ FORMAT = "spa-export-delta"
 VERSION = 1
 META_KEY = "spa_export.delta"
 SKELETON = "skeleton"
+RECIPES = "recipes"
+#: the most bytes a compressed part may inflate to (a skeleton, the recipes): a bomb stops here
+MAX_INFLATED = 1 << 30
 
 
 @dataclass
@@ -44,7 +48,30 @@ class Delta:
 
     @property
     def skeleton(self) -> bytes:
-        return self.tensors[SKELETON].tobytes()
+        """The ONNX model without weights (stored zlib-compressed)."""
+        return inflate(self.tensors[SKELETON].tobytes(), MAX_INFLATED, "the graph skeleton")
+
+    @property
+    def recipes(self) -> list[dict]:
+        """How each weight is made, in the graph's order (stored as zlib-compressed JSON)."""
+        return json.loads(inflate(self.tensors[RECIPES].tobytes(), MAX_INFLATED, "the recipes"))
+
+
+def deflate(data: bytes) -> np.ndarray:
+    """``data`` zlib-compressed (level 9, the same bytes for the same data), as a U8 tensor."""
+    return np.frombuffer(zlib.compress(data, 9), dtype=np.uint8)
+
+
+def inflate(data: bytes, limit: int, what: str) -> bytes:
+    """Decompress at most ``limit`` bytes; a truncated or oversized stream is an InputError."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, limit)
+    except zlib.error as err:
+        raise InputError(f"{what} does not decompress ({err})") from None
+    if d.unconsumed_tail or not d.eof:
+        raise InputError(f"{what}: truncated, or larger than {limit} bytes")
+    return out
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -78,8 +105,9 @@ def read_delta(path: str | Path, data: bytes | None = None) -> Delta:
     if meta.get("version") != VERSION:
         raise InputError(f"{path}: delta format version {meta.get('version')!r}; this spa-export reads "
                          f"version {VERSION} (upgrade spa-export, or rebuild the package)")
-    if SKELETON not in tensors:
-        raise InputError(f"{path}: the delta has no graph skeleton")
+    missing = [k for k in (SKELETON, RECIPES) if k not in tensors]
+    if missing:
+        raise InputError(f"{path}: the delta has no {' and no '.join(missing)}")
     return Delta(meta, tensors)
 
 
@@ -98,8 +126,11 @@ def materialize(delta: Delta, base: Mapping[str, np.ndarray], *, where: str = "d
     import onnx
     from onnx import helper
 
-    model = onnx.load_from_string(delta.skeleton)
-    recipes = {r["name"]: r for r in delta.meta["initializers"]}
+    try:
+        model = onnx.load_from_string(delta.skeleton)
+        recipes = {r["name"]: r for r in delta.recipes}
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
     for init in model.graph.initializer:
         recipe = recipes.get(init.name)
         if recipe is None:
@@ -115,9 +146,14 @@ def materialize(delta: Delta, base: Mapping[str, np.ndarray], *, where: str = "d
 
 def make_weight(recipe: dict, tensors: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray],
                 where: str) -> np.ndarray:
-    """One weight of the network, as its recipe (an entry of the header's ``initializers``) makes it."""
-    if recipe["from"] == "raw":
-        return tensors[f"raw/{recipe['name']}"]
+    """One weight of the network, as its recipe (an entry of the delta's ``recipes``) makes it."""
+    if recipe["from"] == "raw":   # stored as it is: zlib-compressed little-endian bytes
+        dtype, shape = np.dtype(recipe["dtype"]), tuple(recipe["shape"])
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        data = inflate(tensors[f"raw/{recipe['name']}"].tobytes(), size, f"{where}: weight '{recipe['name']}'")
+        if len(data) != size:
+            raise InputError(f"{where}: weight '{recipe['name']}' holds {len(data)} bytes, not {size}")
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
 
     def source(key: str | None) -> np.ndarray | None:
         if key is None:

@@ -117,8 +117,10 @@ def build_engine(
 ) -> Path:
     """Build and save an engine; return its path (metadata at ``<engine>.json``).
 
-    ``int8``: an INT8 engine of an explicitly quantized (QDQ) model, such as ``model.int8.onnx``:
-    TensorRT takes the scales from its QuantizeLinear/DequantizeLinear nodes; no calibrator runs.
+    ``int8``: an INT8 engine of an explicitly quantized (QDQ) model, such as ``model.int8.onnx``,
+    built as a strongly typed network: TensorRT takes the precision and scales from its
+    QuantizeLinear/DequantizeLinear nodes; no calibrator runs and no INT8 flag is set. (Not yet run on
+    a GPU: no GPU machine has been lent to this project.)
     """
     onnx_path = Path(onnx_path)
     require_file(onnx_path)
@@ -141,8 +143,7 @@ def build_engine(
         profile.add(name, min=lo, opt=opt, max=hi)
     cache = Path(timing_cache) if timing_cache is not None else None
     config = CreateConfig(
-        fp16=fp16,
-        int8=int8,
+        fp16=fp16 and not int8,
         profiles=[profile],
         load_timing_cache=str(cache) if cache is not None and cache.is_file() else None,
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20},
@@ -151,8 +152,12 @@ def build_engine(
         progress(f"building a {_precision(fp16, int8)} engine of {onnx_path.name} "
                  f"for batches {sorted(set(batches))} (this takes a while)")
     try:
+        # An int8 model carries its precision in its Q/DQ nodes: a strongly typed network takes it from
+        # there, on TensorRT 10 and 11 alike (11 has no INT8 builder flag; no calibrator is involved).
+        network = (NetworkFromOnnxPath(str(onnx_path), strongly_typed=True) if int8
+                   else NetworkFromOnnxPath(str(onnx_path)))
         serialized = EngineBytesFromNetwork(
-            NetworkFromOnnxPath(str(onnx_path)),
+            network,
             config=config,
             save_timing_cache=str(cache) if cache is not None else None,
         )()

@@ -13,6 +13,7 @@ the verified file from it byte for byte.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,11 @@ import torch
 
 from spa_export.runtime.delta import (
     FORMAT,
+    RECIPES,
     SKELETON,
     VERSION,
     Delta,
+    deflate,
     delta_bytes,
     make_weight,
     materialize,
@@ -74,15 +77,17 @@ def make_delta(model_path: Path, plan: PrunePlan, base: Mapping[str, np.ndarray]
         want = numpy_helper.to_array(init)
         recipe = _describe(init.name, want, plan, base, overrides, spa, tensors, indices)
         if recipe is None:
-            recipe = {"name": init.name, "from": "raw"}
-            tensors[f"raw/{init.name}"] = np.ascontiguousarray(want)
+            little = want.astype(want.dtype.newbyteorder("<"), copy=False)
+            recipe = {"name": init.name, "from": "raw", "dtype": little.dtype.str, "shape": list(want.shape)}
+            tensors[f"raw/{init.name}"] = deflate(np.ascontiguousarray(little).tobytes())
             stored_elements += want.size
         recipes.append(recipe)
         init.ClearField("raw_data")
     tensors = _referenced(tensors, recipes)
-    tensors[SKELETON] = np.frombuffer(model.SerializeToString(), dtype=np.uint8)
+    tensors[SKELETON] = deflate(model.SerializeToString())
+    tensors[RECIPES] = deflate(json.dumps(recipes, sort_keys=True, separators=(",", ":")).encode())
     meta = {"format": FORMAT, "version": VERSION, "task": task, "base_digest": base_digest,
-            "model_sha256": sha256_bytes(data), "initializers": recipes}
+            "model_sha256": sha256_bytes(data), "weights": len(recipes)}
     delta = Delta(meta, tensors)
     rebuilt = materialize(delta, base, where=f"delta of task '{task}'")
     if rebuilt != data:
