@@ -12,7 +12,8 @@ import click
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--task", "tasks", multiple=True, help="Only this task (repeat for several) [default: all].")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
-              help="Run on ONNX Runtime's CPU or CUDA execution provider.")
+              help="cpu: ONNX Runtime's CPU provider. gpu: its CUDA provider where installed, and TensorRT "
+                   "fp32 and fp16 engines built here where TensorRT is installed.")
 def check(package: Path, tasks: tuple[str, ...], device: str) -> None:
     """Run each task of PACKAGE (any layout; edge tasks are materialized in memory) on this device and
     compare its outputs with what the build's independent reference computed for the stored
@@ -28,8 +29,12 @@ def check(package: Path, tasks: tuple[str, ...], device: str) -> None:
     for name in names:
         pkg.task_entry(name)
     if device == "gpu" and not cuda_provider_available():
-        raise InputError("--device gpu: this ONNX Runtime has no CUDA execution provider "
-                         "(pip install onnxruntime-gpu on a machine with an NVIDIA GPU)")
+        from spa_export.runtime.tensorrt import gpu_unavailable_reason
+
+        reason = gpu_unavailable_reason()
+        if reason is not None:
+            raise InputError(f"--device gpu: this ONNX Runtime has no CUDA execution provider (pip install "
+                             f"onnxruntime-gpu), and TensorRT cannot run here: {reason}")
     rows = []
     for name in names:
         rel, sha = pkg.artefact_sha(name, CHECK_FILE)
@@ -37,15 +42,19 @@ def check(package: Path, tasks: tuple[str, ...], device: str) -> None:
             raise InputError(f"{pkg.root}: task '{name}' has no stored verification cases (built before "
                              "spa-export stored them: rebuild the package)")
         cases = read_cases(str(pkg.root / rel), pkg.read(rel, sha))
-        rows.append(check_task(name, pkg.model_bytes(name), cases, device=device))
+        rows += check_task(name, pkg.model_bytes(name), cases, device=device)
+    if not rows:
+        raise InputError(f"--device {device}: no runtime here could run the tasks")
     width = max(len(r.task) for r in rows)
     click.echo(f"{'task':<{width}}  {'runtime':<16}  {'precision':<9}  cases  worst/allowed  result")
     for r in rows:
         click.echo(f"{r.task:<{width}}  {r.runtime:<16}  {r.precision:<9}  {r.cases:>5}  {r.worst_ratio:>13.3g}  "
                    f"{'pass' if r.passed else 'FAIL: ' + r.detail}")
-    failed = [r.task for r in rows if not r.passed]
+    failed = list(dict.fromkeys(r.task for r in rows if not r.passed))
+    tasks_run = list(dict.fromkeys(r.task for r in rows))
     if failed:
-        click.echo(f"error: {len(failed)} of {len(rows)} tasks differ from the build's reference: "
+        click.echo(f"error: {len(failed)} of {len(tasks_run)} tasks differ from the build's reference: "
                    f"{', '.join(failed)}", err=True)
         sys.exit(1)
-    click.echo(f"{len(rows)} of {len(rows)} tasks match the build's reference")
+    click.echo(f"{len(tasks_run)} of {len(tasks_run)} tasks match the build's reference"
+               + (f" ({len(rows)} runtime and precision rows)" if len(rows) != len(tasks_run) else ""))

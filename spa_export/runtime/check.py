@@ -108,27 +108,68 @@ class TaskCheck:
         return self.__dict__.copy()
 
 
-def check_task(task: str, model: bytes, cases: Cases, *, device: str = "cpu") -> TaskCheck:
-    """Run every stored case through ONNX Runtime on ``device``; compare under the build's float32 tolerance."""
-    from spa_export.runtime.onnxrt import CPU_PROVIDER, CUDA_PROVIDER, OnnxRuntimeRunner
+def check_task(task: str, model: bytes, cases: Cases, *, device: str = "cpu") -> list[TaskCheck]:
+    """Run every stored case on ``device``: ONNX Runtime (CPU, or CUDA), and on a GPU with TensorRT
+    installed also TensorRT fp32 and fp16 engines built here; each under its precision's tolerance."""
+    from spa_export.runtime.onnxrt import (
+        CPU_PROVIDER,
+        CUDA_PROVIDER,
+        OnnxRuntimeRunner,
+        cuda_provider_available,
+    )
 
-    providers = (CUDA_PROVIDER,) if device == "gpu" else (CPU_PROVIDER,)
-    runtime = f"onnxruntime {'CUDA' if device == 'gpu' else 'CPU'}"
+    rows = []
+    if device == "cpu" or cuda_provider_available():
+        provider = CUDA_PROVIDER if device == "gpu" else CPU_PROVIDER
+        runner = OnnxRuntimeRunner(Path(f"{task}/model.onnx"), model=model, providers=(provider,), threads=None,
+                                   memory_arena=False)
+        label = f"onnxruntime {'CUDA' if device == 'gpu' else 'CPU'}"
+        rows.append(run_cases(task, runner, label, "fp32", cases, (cases.rtol, cases.atol_scale)))
+    if device == "gpu":
+        rows += _tensorrt_rows(task, model, cases)
+    return rows
+
+
+def _tensorrt_rows(task: str, model: bytes, cases: Cases) -> list[TaskCheck]:
+    """TensorRT fp32 and fp16 engines of the task, built in a temporary folder, where TensorRT works here."""
+    import tempfile
+
+    from spa_export.runtime.tensorrt import TensorRTRunner, gpu_unavailable_reason
+
+    if gpu_unavailable_reason() is not None:
+        return []
+    from spa_export.runtime.bench import GPU_TOLERANCE
+    from spa_export.runtime.engine import build_engine
+
+    rows = []
+    batches = sorted({len(next(iter(arrays.values()))) for _, arrays, _ in cases.cases})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(model)
+        for precision in ("fp32", "fp16"):
+            engine = build_engine(path, Path(tmp) / f"model.{precision}", fp16=precision == "fp16", batches=batches)
+            rows.append(run_cases(task, TensorRTRunner(engine), "tensorrt", precision, cases, GPU_TOLERANCE[precision]))
+    return rows
+
+
+def run_cases(task: str, runner: object, runtime: str, precision: str, cases: Cases,
+              tolerance: tuple[float, float]) -> TaskCheck:
+    """Every case through ``runner`` (a Runner), compared with the stored outputs under ``tolerance``."""
+    rtol, atol_scale = tolerance
     worst, failed = 0.0, []
-    with OnnxRuntimeRunner(Path(f"{task}/model.onnx"), model=model, providers=providers, threads=None,
-                           memory_arena=False) as runner:
-        names = list(runner.input_metadata())
+    with runner as r:
+        names = list(r.input_metadata())
         for name, arrays, expected in cases.cases:
-            got = list(runner.infer({k: arrays[k] for k in names}).values())
+            got = list(r.infer({k: arrays[k] for k in names}).values())
             if len(got) != len(expected):
                 failed.append(f"{name}: {len(got)} outputs, {len(expected)} stored")
                 worst = float("inf")
                 continue
             for k, (e, g) in enumerate(zip(expected, got, strict=True)):
-                c = compare_output(name, f"output{k}", e, g, cases.rtol, cases.atol_scale)
+                c = compare_output(name, f"output{k}", e, np.asarray(g), rtol, atol_scale)
                 worst = max(worst, c["worst"]["ratio"])
                 if not c["passed"]:
                     w = c["worst"]
                     failed.append(f"{name} output{k} at {w['index']}: expected {w['expected']:.6g}, got "
                                   f"{w['got']:.6g} (allowed {w['allowed']:.3g})")
-    return TaskCheck(task, runtime, "fp32", not failed, worst, len(cases.cases), "; ".join(failed[:2]))
+    return TaskCheck(task, runtime, precision, not failed, worst, len(cases.cases), "; ".join(failed[:2]))

@@ -204,3 +204,28 @@ def test_materialize_and_check_run_without_torch(edge: Path, tmp_path: Path) -> 
         assert "TORCH_ABSENT" in done.stdout
     content = json.loads((edge / "manifest.json").read_text())["content"]
     assert _sha(out.read_bytes()) == content["tasks"]["parity"]["model_sha256"]
+
+
+@pytest.mark.gpu
+def test_check_on_the_gpu_runs_every_gpu_runtime_here(edge: Path) -> None:
+    from spa_export.runtime.onnxrt import cuda_provider_available
+    from spa_export.runtime.tensorrt import gpu_unavailable_reason
+
+    trt = gpu_unavailable_reason()
+    if trt is not None and not cuda_provider_available():
+        pytest.skip(f"no GPU runtime here: no CUDA provider in ONNX Runtime, and TensorRT: {trt}")
+    result = invoke(["check", str(edge), "--device", "gpu"])
+    assert result.exit_code == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(tuple(TASKS))]
+    if trt is None:   # TensorRT fp32 and fp16 engines of every task, within their precision's tolerance
+        assert sum("tensorrt" in r for r in rows) == 2 * len(TASKS)
+
+
+def test_check_on_a_machine_without_a_gpu_says_why(edge: Path) -> None:
+    from spa_export.runtime.onnxrt import cuda_provider_available
+    from spa_export.runtime.tensorrt import gpu_unavailable_reason
+
+    if cuda_provider_available() or gpu_unavailable_reason() is None:
+        pytest.skip("this machine has a GPU runtime")
+    result = invoke(["check", str(edge), "--device", "gpu"])
+    assert result.exit_code == 2 and "no CUDA execution provider" in result.stderr and "TensorRT" in result.stderr
