@@ -11,8 +11,9 @@ a running model), ``inputs`` (what a network takes: names, shapes, dtypes, value
 ``compare`` (outputs against expected ones under stated tolerances), ``merge_math`` (the merge
 formula on numpy arrays, shared by the build and the device), ``delta`` (a task as a delta on the
 base, and materializing it), ``packaged`` (a built package read on the device: each task's
-verified network, from its file or its delta) and ``check`` (stored verification cases, run on
-the target).
+verified network, from its file or its delta), ``check`` (stored verification cases, run on
+the target) and ``quantize`` (int8 networks with ONNX Runtime's quantization tools, and how far
+they stray from float32).
 
 May import: spa_export.safety
 """

@@ -1,6 +1,6 @@
 """The build, top to bottom: the only place that knows the order of the stages.
 
-load -> reference -> merge -> plan -> apply -> export -> verify -> [evaluate] -> [bench] -> report
+load -> reference -> merge -> plan -> apply -> export -> verify -> [delta] -> [quantize] -> [evaluate] -> [bench] -> report
 
 Each stage returns its artefact and a small record; :func:`run_task` collects
 the records into ``report.json``. :func:`build` builds one task into ``out``:
