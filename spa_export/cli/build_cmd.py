@@ -204,8 +204,15 @@ def _summarise(result: BuildResult, bench: str) -> None:
         click.echo(f"  accuracy on {a['dataset']} ({a['split']}, {a['n']}): reference {a['reference']:.2%}, "
                    f"exported {a['exported']:.2%}")
     for s in r.get("speedup", []):
+        int8 = (f", int8 {s['int8_p50_ms']:.3f} ms (x{s['int8_over_pruned']:.2f} over pruned)"
+                if "int8_p50_ms" in s else "")
         click.echo(f"  {s['device']} {s['runtime']} batch {s['batch']}: {s['dense_p50_ms']:.3f} ms -> "
-                   f"{s['pruned_p50_ms']:.3f} ms (x{s['speedup']:.2f})")
+                   f"{s['pruned_p50_ms']:.3f} ms (x{s['speedup']:.2f}){int8}")
+    if r.get("int8"):
+        q, gate = r["int8"], r["int8"].get("gate") or {}
+        value = f" {gate['value']:.2f} (limit {gate['limit']:g})" if "value" in gate else ""
+        click.echo(f"  int8 ({q['method']}, activations {q['activations']}): {gate.get('kind')}{value}: "
+                   f"{'passed' if gate.get('passed') else 'failed'}")
     for warning in ver.get("warnings") or []:
         click.echo(f"warning: {warning}", err=True)
     gpu = r.get("gpu")
@@ -217,7 +224,8 @@ def _summarise_package(result: PackageResult) -> None:
     """One line per task, then where the package and its summary are."""
     for name, r in result.reports.items():
         acc = r.get("accuracy")
-        accuracy = f", accuracy {acc['reference']:.2%} (exported {acc['exported']:.2%})" if acc else ""
+        int8 = f", int8 {acc['int8']:.2%}" if acc and isinstance(acc.get("int8"), float) else ""
+        accuracy = f", accuracy {acc['reference']:.2%} (exported {acc['exported']:.2%}{int8})" if acc else ""
         speed = next((s for s in r.get("speedup", []) if s["batch"] == min(x["batch"] for x in r["speedup"])), None)
         timing = f", x{speed['speedup']:.2f} at batch {speed['batch']} ({speed['device']})" if speed else ""
         click.echo(f"  {name}: params {r['params']['pruned'] / max(r['params']['dense'], 1):.1%} of dense, "

@@ -221,6 +221,19 @@ def _gpu(report: Mapping[str, Any]) -> list[str]:
         lines += [f"GPU benchmark skipped: {gpu.get('reason') or 'no reason given'}.", ""]
     elif gpu.get("reason"):
         lines += [f"GPU note: {gpu['reason']}.", ""]
+    modes = {}
+    for e in report.get("latency") or []:
+        if e.get("device") == "gpu":
+            modes.setdefault(_runtime_label(e), set()).add(
+                (e.get("cuda_graphs"), e.get("host_memory"), e.get("graph_fallback")))
+    for runtime, seen in modes.items():
+        for graphs, memory, fallback in sorted(seen, key=str):
+            how = [] if graphs is None else ["as CUDA graphs" if graphs else f"eagerly ({fallback or 'no graphs'})"]
+            if memory:
+                how.append(f"host copies from {memory} memory"
+                           + (" (they include CUDA's staging; trtexec pins its buffers)" if memory == "pageable" else ""))
+            if how:
+                lines += [f"GPU {runtime}: {'; '.join(how)}.", ""]
     numerics = report.get("gpu_numerics") or []
     if numerics:
         lines += ["GPU outputs against the verified ONNX model on ONNX Runtime (CPU); tolerance "

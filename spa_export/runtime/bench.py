@@ -84,6 +84,9 @@ def _entry(label: str, runner: Runner, stats: Stats) -> dict[str, Any]:
         "opt_level": info["opt_level"],
     }
     entry.update({k: v for k, v in stats.as_dict().items() if k != "batch"})
+    for key in ("cuda_graphs", "graph_fallback", "host_memory"):   # how a GPU entry ran, said per entry
+        if key in info:
+            entry[key] = info[key]
     if label.endswith(INT8_SUFFIX):   # an int8 network (QDQ or dynamic), timed on the CPU beside float32
         entry["precision"] = "int8"
     if runner.device == "gpu":
@@ -129,6 +132,19 @@ def speedups(latency: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _same_graph_mode(runners: Mapping[str, Runner], batches: Sequence[int]) -> None:
+    """Runners that can run as CUDA graphs capture every batch size first; where one cannot, all run
+    eagerly, so that networks compared with each other run in the same mode."""
+    graphable = [r for r in runners.values() if hasattr(r, "prepare")]
+    for r in graphable:
+        r.prepare(list(batches))
+    failed = [r for r in graphable if getattr(r, "graph_fallback", None)]
+    if failed:
+        why = f"'{failed[0].name}' could not be captured as a CUDA graph, so every network of this comparison runs eagerly"
+        for r in graphable:
+            r.disable_graphs(why)
+
+
 def _time_group(
     runners: Mapping[str, Runner], batches: Sequence[int], rng_seed: int,
     config: TimingConfig, progress: Progress | None, prefix: str,
@@ -138,6 +154,7 @@ def _time_group(
     with contextlib.ExitStack() as stack:
         for runner in runners.values():
             stack.enter_context(runner)
+        _same_graph_mode(runners, batches)
         metas = {label: r.input_metadata() for label, r in runners.items()}
         _same_inputs(metas)
         first = next(iter(metas.values()))

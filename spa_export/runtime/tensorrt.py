@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -41,18 +43,46 @@ def import_tensorrt() -> ModuleType:
     return tensorrt
 
 
+def find_cudart(paths: list[str] | None = None) -> Path | None:
+    """libcudart as pip's CUDA wheels lay it out, or None.
+
+    The wheels put it under ``site-packages/nvidia/cu<N>/lib/`` (CUDA 13) or
+    ``site-packages/nvidia/cuda_runtime/lib/`` (CUDA 12) as ``libcudart.so.<N>``, without the
+    ``libcudart.so`` development link that a plain ``dlopen`` (and Polygraphy's search) asks for.
+    """
+    for folder in (sys.path if paths is None else paths):
+        for pattern in ("nvidia/cu[0-9]*/lib/libcudart.so.*", "nvidia/cuda_runtime/lib/libcudart.so.*"):
+            found = sorted(Path(folder).glob(pattern)) if folder else []
+            if found:
+                return found[-1]
+    return None
+
+
 def _cudart() -> Any:
-    """Polygraphy's handle on libcudart (a ``ctypes.CDLL``)."""
+    """A handle on libcudart (a ``ctypes.CDLL``): Polygraphy's, else the one pip's CUDA wheels installed.
+
+    Where only the wheels' library exists, its folder is added to ``LD_LIBRARY_PATH`` for this
+    process, so that Polygraphy's own search finds it when the runner needs it.
+    """
+    first: str
     try:
         from polygraphy import cuda
-    except ImportError as err:
-        raise InputError(
-            "Polygraphy is not installed: pip install 'spa-export[tensorrt]'"
-        ) from err
-    try:
+
         return cuda.wrapper().handle
+    except ImportError:
+        first = "Polygraphy is not installed (pip install 'spa-export[tensorrt]')"
     except Exception as err:  # OSError from ctypes, PolygraphyException
-        raise InputError(f"the CUDA runtime library cannot be loaded: {err}") from err
+        first = f"Polygraphy cannot load it: {err}"
+    found = find_cudart()
+    if found is None:
+        raise InputError(f"the CUDA runtime library cannot be loaded: {first}; and no libcudart from pip's CUDA "
+                         "wheels is installed (site-packages/nvidia/*/lib)")
+    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(found.parent),
+                                                                   os.environ.get("LD_LIBRARY_PATH")]))
+    try:
+        return ctypes.CDLL(str(found), mode=ctypes.RTLD_GLOBAL)
+    except OSError as err:
+        raise InputError(f"the CUDA runtime library {found} cannot be loaded: {err} ({first})") from err
 
 
 def _check(status: int, what: str) -> None:
@@ -66,7 +96,9 @@ def gpu_count() -> tuple[int, str | None]:
     count = ctypes.c_int(0)
     status = handle.cudaGetDeviceCount(ctypes.byref(count))
     if status != 0:
-        return 0, f"no usable NVIDIA GPU: cudaGetDeviceCount returned CUDA error {status}"
+        meaning = {35: ": the NVIDIA driver is missing or older than this CUDA runtime",
+                   100: ": no CUDA-capable device"}.get(status, "")
+        return 0, f"no usable NVIDIA GPU: cudaGetDeviceCount returned CUDA error {status}{meaning}"
     if count.value == 0:
         return 0, "no NVIDIA GPU found"
     return count.value, None
@@ -354,4 +386,6 @@ class TensorRTRunner(Runner):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["precision"] = self.precision
+        # NumPy arrays: the copies include CUDA's staging through pinned memory (trtexec pins its buffers)
+        info["host_memory"] = "pageable"
         return info

@@ -88,7 +88,24 @@ class TorchCudaRunner(Runner):
         info = super().describe()
         info["precision"] = self.precision
         info["cuda_graphs"] = self.use_graphs and self.graph_fallback is None
+        if self.graph_fallback is not None:
+            info["graph_fallback"] = self.graph_fallback
+        info["host_memory"] = "pinned"
         return info
+
+    def prepare(self, batches: list[int]) -> None:
+        """Capture every batch size's graph before timing, so that one mode holds for all of them."""
+        for batch in batches:
+            if self._graph(batch) is None:
+                break
+        if self.graph_fallback is not None:
+            self.disable_graphs(self.graph_fallback)
+
+    def disable_graphs(self, reason: str) -> None:
+        """Run every batch size eagerly (a network compared with this one could not be captured)."""
+        self._graphs = {}
+        self.use_graphs = False
+        self.graph_fallback = self.graph_fallback or reason
 
     # -- inference -----------------------------------------------------------------------
     def _host_input(self, feed: Feed) -> np.ndarray:

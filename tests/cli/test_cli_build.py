@@ -163,9 +163,30 @@ def test_bench_gpu_with_pytorch_cuda_times_dense_and_pruned(example, tmp_path):
              "--bench", "gpu", "--budget", "0.1", "--batch", "1", "--batch", "8", "-q")
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
-    gpu = [e for e in report["latency"] if e["device"] == "gpu"]
+    gpu = [e for e in report["latency"] if e["device"] == "gpu" and e["runtime"] == "torch-cuda"]
     assert {(e["runtime"], e["model"], e["precision"], e["batch"]) for e in gpu} == {
         ("torch-cuda", m, p, b) for m in ("dense", "pruned") for p in ("fp32", "fp16") for b in (1, 8)}
+    # where onnxruntime-gpu is installed its CUDA provider is timed too, in rows of its own
+    assert {e["runtime"] for e in report["latency"] if e["device"] == "gpu"} <= {"torch-cuda", "onnxruntime"}
     assert report["gpu_numerics"] and all(n["passed"] for n in report["gpu_numerics"])
     assert report["rounding"]["multiple"] == 8  # the GPU target: fp16 tensor-core multiples
     assert "torch-cuda fp16" in (out / "report.md").read_text()
+
+
+@pytest.mark.gpu
+def test_bench_gpu_with_tensorrt_builds_engines_and_times_them(example, tmp_path):
+    """The build pipeline with TensorRT: engines of dense and pruned in fp32 and fp16, checked and timed."""
+    from spa_export.runtime.tensorrt import gpu_unavailable_reason
+
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"needs TensorRT and an NVIDIA GPU: {reason}")
+    out = tmp_path / "trt"
+    r = _build_example(example, out, "--bench", "gpu", "--budget", "0.1", "--batch", "1", "--batch", "8", "-q")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    trt = [e for e in report["latency"] if e["device"] == "gpu" and e["runtime"] == "tensorrt"]
+    assert {(e["model"], e["precision"], e["batch"]) for e in trt} == {
+        (m, p, b) for m in ("dense", "pruned") for p in ("fp32", "fp16") for b in (1, 8)}
+    assert all(e["host_memory"] == "pageable" for e in trt)
+    assert report["gpu_numerics"] and all(n["passed"] for n in report["gpu_numerics"])

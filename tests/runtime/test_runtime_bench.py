@@ -108,3 +108,36 @@ def test_missing_gpu(pair: dict[str, Path]) -> None:
     assert result["gpu"]["reason"] == f"{reason}; PyTorch's CUDA path times the networks a build " \
                                       "holds (spa-export build --bench gpu), not ONNX files"
     assert {e["device"] for e in result["latency"]} == {"cpu"}
+
+
+class _Graphable:
+    """Stands in for TorchCudaRunner's capture bookkeeping only (no timing, no results)."""
+
+    def __init__(self, name: str, fails_at: int | None) -> None:
+        self.name, self.fails_at = name, fails_at
+        self.use_graphs, self.graph_fallback, self.captured = True, None, []
+
+    def prepare(self, batches: list[int]) -> None:
+        for b in batches:
+            if b == self.fails_at:
+                self.graph_fallback = f"capture failed at batch {b}"
+                break
+            self.captured.append(b)
+        if self.graph_fallback:
+            self.disable_graphs(self.graph_fallback)
+
+    def disable_graphs(self, reason: str) -> None:
+        self.use_graphs, self.captured = False, []
+        self.graph_fallback = self.graph_fallback or reason
+
+
+def test_networks_compared_with_each_other_run_in_the_same_graph_mode() -> None:
+    from spa_export.runtime.bench import _same_graph_mode
+
+    dense, pruned = _Graphable("dense", None), _Graphable("pruned", 8)
+    _same_graph_mode({"dense": dense, "pruned": pruned}, [1, 8])
+    assert not dense.use_graphs and not pruned.use_graphs   # pruned failed at batch 8: both eager, every batch
+    assert dense.graph_fallback.startswith("'pruned' could not be captured")
+    both = _Graphable("dense", None), _Graphable("pruned", None)
+    _same_graph_mode(dict(zip(("dense", "pruned"), both, strict=True)), [1, 8])
+    assert all(r.use_graphs and r.captured == [1, 8] for r in both)

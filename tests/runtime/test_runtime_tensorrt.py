@@ -195,3 +195,30 @@ def test_int8_engine_of_the_qdq_model_matches_onnxruntime(trt_gpu: None, tmp_pat
         got, want = trt_runner.infer({"x": x})["y"], ref.infer({"x": x})["y"]
         scale = float(np.abs(want).max())
         np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05 * scale)   # two int8 runtimes, one QDQ model
+
+
+@pytest.mark.parametrize("layout", ["nvidia/cu13/lib/libcudart.so.13", "nvidia/cuda_runtime/lib/libcudart.so.12"])
+def test_the_cuda_runtime_is_found_where_pip_wheels_put_it(tmp_path: Path, layout: str) -> None:
+    from spa_export.runtime.tensorrt import find_cudart
+
+    lib = tmp_path / layout
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"")
+    (lib.parent / "libcudart_static.a").write_bytes(b"")
+    assert find_cudart([str(tmp_path / "elsewhere"), str(tmp_path)]) == lib
+    assert find_cudart([str(tmp_path / "elsewhere")]) is None
+
+
+def test_with_tensorrt_present_a_skip_names_the_real_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT stands in (a module object: only the version switch reads it); the CUDA runtime is real."""
+    import types
+
+    from spa_export.runtime import tensorrt as trt_module
+
+    if trt_module.find_cudart() is None:
+        pytest.skip("no libcudart from pip's CUDA wheels in this environment")
+    monkeypatch.setattr(trt_module, "import_tensorrt", lambda: types.ModuleType("tensorrt"))
+    reason = trt_module.gpu_unavailable_reason()
+    if reason is None:
+        pytest.skip("this machine has a usable GPU")
+    assert "cudaGetDeviceCount returned CUDA error" in reason and "cannot be loaded" not in reason

@@ -97,6 +97,9 @@ def test_gpu_benchmark_times_both_networks_in_both_precisions(tmp_path: Path) ->
     assert all(e["p50_ms"] > 0 and e["h2d_ms"] is not None for e in gpu)
     assert {(r["model"], r["precision"]) for r in result["gpu_numerics"]} == {
         (m, p) for m in ("dense", "pruned") for p in ("fp32", "fp16")}
-    assert all(r["passed"] and r["runtime"] == "torch-cuda" for r in result["gpu_numerics"])
-    assert {(s["runtime"], s["precision"]) for s in result["speedup"] if s["device"] == "gpu"} == {
-        ("torch-cuda", "fp32"), ("torch-cuda", "fp16")}
+    assert all(r["passed"] for r in result["gpu_numerics"])
+    # ONNX Runtime's CUDA provider adds rows of its own where onnxruntime-gpu is installed
+    assert {(s["runtime"], s["precision"]) for s in result["speedup"]
+            if s["device"] == "gpu" and s["runtime"] == "torch-cuda"} == {("torch-cuda", "fp32"), ("torch-cuda", "fp16")}
+    assert {e["runtime"] for e in result["latency"] if e["device"] == "gpu"} <= {"torch-cuda", "onnxruntime"}
+    assert all(e["cuda_graphs"] == gpu[0]["cuda_graphs"] for e in gpu)   # dense and pruned in one mode
