@@ -225,10 +225,13 @@ def _gpu(report: Mapping[str, Any]) -> list[str]:
     for e in report.get("latency") or []:
         if e.get("device") == "gpu":
             modes.setdefault(_runtime_label(e), set()).add(
-                (e.get("cuda_graphs"), e.get("host_memory"), e.get("graph_fallback")))
+                (e.get("cuda_graphs"), e.get("host_memory"), e.get("graph_fallback"), e.get("tensorrt_version"),
+                 e.get("precision_method")))
     for runtime, seen in modes.items():
-        for graphs, memory, fallback in sorted(seen, key=str):
+        for graphs, memory, fallback, trt_version, method in sorted(seen, key=str):
             how = [] if graphs is None else ["as CUDA graphs" if graphs else f"eagerly ({fallback or 'no graphs'})"]
+            if trt_version:
+                how.append(f"TensorRT {trt_version}, {method or 'precision method not recorded'}")
             if memory:
                 how.append(f"host copies from {memory} memory"
                            + (" (they include CUDA's staging; trtexec pins its buffers)" if memory == "pageable" else ""))

@@ -84,7 +84,7 @@ def _entry(label: str, runner: Runner, stats: Stats) -> dict[str, Any]:
         "opt_level": info["opt_level"],
     }
     entry.update({k: v for k, v in stats.as_dict().items() if k != "batch"})
-    for key in ("cuda_graphs", "graph_fallback", "host_memory"):   # how a GPU entry ran, said per entry
+    for key in ("cuda_graphs", "graph_fallback", "host_memory", "tensorrt_version", "precision_method"):   # how a GPU entry ran, said per entry
         if key in info:
             entry[key] = info[key]
     if label.endswith(INT8_SUFFIX):   # an int8 network (QDQ or dynamic), timed on the CPU beside float32

@@ -89,7 +89,41 @@ def profile_shapes(
 
 
 def _precision(fp16: bool, int8: bool) -> str:
-    return "int8" + ("+fp16" if fp16 else "") if int8 else "fp16" if fp16 else "fp32"
+    return "int8" if int8 else "fp16" if fp16 else "fp32"
+
+
+#: TensorRT major versions this builds engines with: 10 (JetPack 6's; weak typing still exists, strongly
+#: typed networks are the recommended opt-in) and 11 (no weak-typing builder flags left).
+SUPPORTED_TENSORRT = (10, 11)
+
+
+def precision_method(trt_version: str, precision: str) -> str:
+    """How an engine of ``precision`` gets its precision on TensorRT ``trt_version``: always a strongly
+    typed network whose graph carries the types (the one way TensorRT 10 and 11 share)."""
+    try:
+        major = int(str(trt_version).split(".")[0])
+    except ValueError:
+        raise InputError(f"TensorRT version '{trt_version}' is not a version number") from None
+    if major not in SUPPORTED_TENSORRT:
+        raise InputError(f"TensorRT {trt_version}: spa-export builds engines with TensorRT "
+                         f"{' or '.join(map(str, SUPPORTED_TENSORRT))} (strongly typed networks)")
+    return {"fp32": "strongly typed network of the float32 graph",
+            "fp16": "strongly typed network of the graph converted to float16 (onnxconverter-common, "
+                    "float32 inputs and outputs kept)",
+            "int8": "strongly typed network of the explicitly quantized (Q/DQ) graph"}[precision]
+
+
+def float16_graph(onnx_path: Path, out_path: Path) -> Path:
+    """The model with float16 weights and arithmetic, float32 at its inputs and outputs (for fp16 engines)."""
+    import onnx
+
+    try:
+        from onnxconverter_common import float16
+    except ImportError as err:
+        raise InputError("fp16 engines need onnxconverter-common: pip install 'spa-export[tensorrt]'") from err
+    model = float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    onnx.save(model, str(out_path))
+    return out_path
 
 
 def require_qdq(onnx_path: Path) -> None:
@@ -117,10 +151,11 @@ def build_engine(
 ) -> Path:
     """Build and save an engine; return its path (metadata at ``<engine>.json``).
 
-    ``int8``: an INT8 engine of an explicitly quantized (QDQ) model, such as ``model.int8.onnx``,
-    built as a strongly typed network: TensorRT takes the precision and scales from its
-    QuantizeLinear/DequantizeLinear nodes; no calibrator runs and no INT8 flag is set. (Not yet run on
-    a GPU: no GPU machine has been lent to this project.)
+    Every engine is a strongly typed network, on TensorRT 10 and 11 alike (:func:`precision_method`):
+    fp32 from the graph as it is, ``fp16`` from the graph converted to float16 (float32 inputs and
+    outputs kept), ``int8`` from an explicitly quantized (QDQ) model such as ``model.int8.onnx``,
+    whose QuantizeLinear/DequantizeLinear nodes carry the scales (no calibrator runs). No GPU has
+    been lent to this project yet: this path is written against the documented APIs, not yet run.
     """
     onnx_path = Path(onnx_path)
     require_file(onnx_path)
@@ -129,6 +164,8 @@ def build_engine(
     if workspace_mb < 1:
         raise InputError(f"workspace must be at least 1 MiB, got {workspace_mb}")
     trt = require_gpu()
+    precision = _precision(fp16, int8)
+    method = precision_method(trt.__version__, precision)
     shapes = profile_shapes(onnx_input_shapes(onnx_path), batches, opt_batch=opt_batch)
     from polygraphy.backend.trt import (
         CreateConfig,
@@ -142,33 +179,35 @@ def build_engine(
     for name, (lo, opt, hi) in shapes.items():
         profile.add(name, min=lo, opt=opt, max=hi)
     cache = Path(timing_cache) if timing_cache is not None else None
-    config = CreateConfig(
-        fp16=fp16 and not int8,
+    config = CreateConfig(   # no precision flags: the strongly typed network's graph decides
         profiles=[profile],
         load_timing_cache=str(cache) if cache is not None and cache.is_file() else None,
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20},
     )
     if progress is not None:
-        progress(f"building a {_precision(fp16, int8)} engine of {onnx_path.name} "
+        progress(f"building a {precision} engine of {onnx_path.name} "
                  f"for batches {sorted(set(batches))} (this takes a while)")
-    try:
-        # An int8 model carries its precision in its Q/DQ nodes: a strongly typed network takes it from
-        # there, on TensorRT 10 and 11 alike (11 has no INT8 builder flag; no calibrator is involved).
-        network = (NetworkFromOnnxPath(str(onnx_path), strongly_typed=True) if int8
-                   else NetworkFromOnnxPath(str(onnx_path)))
-        serialized = EngineBytesFromNetwork(
-            network,
-            config=config,
-            save_timing_cache=str(cache) if cache is not None else None,
-        )()
-    except PolygraphyException as err:
-        raise BuildError(f"{onnx_path}: TensorRT could not build an engine: {err}") from err
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # The graph carries the precision (float16 types, or Q/DQ nodes); the network is strongly typed,
+        # as TensorRT 11 requires and TensorRT 10 recommends: no FP16/INT8 flag, no calibrator.
+        source = float16_graph(onnx_path, Path(tmp) / "fp16.onnx") if precision == "fp16" else onnx_path
+        try:
+            serialized = EngineBytesFromNetwork(
+                NetworkFromOnnxPath(str(source), strongly_typed=True),
+                config=config,
+                save_timing_cache=str(cache) if cache is not None else None,
+            )()
+        except PolygraphyException as err:
+            raise BuildError(f"{onnx_path}: TensorRT could not build an engine: {err}") from err
 
     engine_path = engine_path_for(out_path)
     meta = engine_metadata(
         onnx_path, trt_version=trt.__version__, gpu=gpu_device_info(), fp16=fp16,
         shapes=shapes, batches=batches, workspace_mb=workspace_mb, int8=int8,
     )
+    meta["precision_method"] = method
     atomic_write(engine_path, lambda fh: fh.write(memoryview(serialized)))
     atomic_write_bytes(metadata_path(engine_path), (json.dumps(meta, indent=2) + "\n").encode())
     return engine_path

@@ -388,4 +388,8 @@ class TensorRTRunner(Runner):
         info["precision"] = self.precision
         # NumPy arrays: the copies include CUDA's staging through pinned memory (trtexec pins its buffers)
         info["host_memory"] = "pageable"
+        meta = getattr(self, "metadata", None) or {}
+        for key in ("tensorrt_version", "precision_method"):   # which TensorRT built it, and how precision was set
+            if meta.get(key):
+                info[key] = meta[key]
         return info

@@ -222,3 +222,34 @@ def test_with_tensorrt_present_a_skip_names_the_real_reason(monkeypatch: pytest.
     if reason is None:
         pytest.skip("this machine has a usable GPU")
     assert "cudaGetDeviceCount returned CUDA error" in reason and "cannot be loaded" not in reason
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.4.0.13"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_every_engine_is_strongly_typed_on_tensorrt_10_and_11(version: str, precision: str) -> None:
+    from spa_export.runtime.engine import precision_method
+
+    method = precision_method(version, precision)
+    assert method.startswith("strongly typed network")
+    assert {"fp32": "float32 graph", "fp16": "converted to float16", "int8": "Q/DQ"}[precision] in method
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "12.0.0", "x"])
+def test_other_tensorrt_versions_are_refused_with_the_supported_ones(version: str) -> None:
+    from spa_export.runtime.engine import precision_method
+
+    with pytest.raises(InputError, match="TensorRT"):
+        precision_method(version, "fp16")
+
+
+def test_the_fp16_graph_keeps_float32_inputs_and_outputs(tmp_path: Path) -> None:
+    pytest.importorskip("onnxconverter_common", reason="in the tensorrt extra")
+    import onnx
+
+    from spa_export.runtime.engine import float16_graph
+
+    model = onnx.load(str(float16_graph(make_conv(tmp_path / "m.onnx", 16), tmp_path / "m16.onnx")))
+    assert {i.data_type for i in model.graph.initializer} == {onnx.TensorProto.FLOAT16}
+    assert [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)] == [
+        onnx.TensorProto.FLOAT] * 2
+    assert [n.op_type for n in model.graph.node].count("Cast") == 2
