@@ -78,7 +78,8 @@ class Package:
     def artefact_sha(self, task: str, name: str) -> tuple[str, str | None]:
         """The path (relative to the package) and recorded sha256 of a task's file called ``name``."""
         for rel, info in self.task_entry(task)["artefacts"].items():
-            if rel.rsplit("/", 1)[-1] == name:
+            # in the task's own folder (the triton layout's int8 model lives in '<task>-int8/')
+            if rel.split("/", 1)[0] == task and rel.rsplit("/", 1)[-1] == name:
                 return rel, info["sha256"]
         return f"{task}/{name}", None
 

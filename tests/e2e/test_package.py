@@ -123,6 +123,8 @@ def test_triton_layout(tmp_path: Path) -> None:
     assert (out / "parity-int8" / "config.pbtxt").read_text().startswith('name: "parity-int8"\n')
     artefacts = json.loads((out / "manifest.json").read_text())["content"]["tasks"]["parity"]["artefacts"]
     assert {"parity/1/model.onnx", "parity-int8/1/model.onnx", "parity-int8/config.pbtxt"} <= set(artefacts)
+    result = invoke(["check", str(out)])   # the triton layout's model.onnx is found in its version folder
+    assert result.exit_code == 0 and "1 of 1 tasks match" in result.stdout, result.stderr
 
 
 def test_sigterm_during_a_parallel_build_leaves_nothing_and_the_rerun_works(tmp_path: Path) -> None:
@@ -170,3 +172,10 @@ def test_a_part_never_replaces_the_whole_package(tmp_path: Path) -> None:
     assert f"--task without --out would replace the package {whole}" in refused.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg", "pkg-part-2-of-3", "release.yaml"]
     assert [p.name for p in whole.iterdir()] == ["keep.txt"]
+
+
+def test_check_passes_on_the_plain_package(single: Path) -> None:
+    """``spa-export check`` on the plain layout: each task's model.onnx against its stored cases."""
+    result = invoke(["check", str(single)])
+    assert result.exit_code == 0, result.stderr
+    assert f"{len(TASKS)} of {len(TASKS)} tasks match" in result.stdout
