@@ -163,12 +163,16 @@ def _quantize(src: Path, dst: Path, calibration: dict[str, np.ndarray] | None, a
             class Reader(_Reader, CalibrationDataReader):
                 pass
 
+            # Without VNNI, x86's U8S8 kernels multiply-add pairs into 16 bits (VPMADDUBSW), which can saturate:
+            # 7-bit weights (reduce_range), as ONNX Runtime's documentation advises there.
+            reduce_range = act == "u8" and "VNNI" not in instructions and "AMX" not in instructions
             quantize_static(str(src), str(dst), Reader(calibration), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8 if act == "u8" else QuantType.QInt8,
-                            weight_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, reduce_range=reduce_range,
                             extra_options={"ActivationSymmetric": act == "s8"})
             n = len(next(iter(calibration.values())))
-            report = QuantizeReport("static QDQ, per-channel weights", act, why, instructions, calibration_source, n, 0)
+            method = "static QDQ, per-channel weights" + (" (7-bit: reduce_range, no VNNI here)" if reduce_range else "")
+            report = QuantizeReport(method, act, why, instructions, calibration_source, n, 0)
     except InputError:
         raise
     except Exception as err:   # ONNX Runtime's quantizer raises many types
