@@ -33,17 +33,25 @@ PRECISIONS = ("int8",)
 ACTIVATIONS = ("auto", "u8", "s8")
 
 
-def int8_instructions() -> str:
-    """The instruction set that runs ONNX Runtime's int8 kernels here: AMX, VNNI, or neither."""
-    flags: set[str] = set()
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
                 if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return set()
+
+
+def has_vnni_or_amx() -> bool:
+    """Whether x86 int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX) are here."""
+    return bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def int8_instructions() -> str:
+    """The instruction set that runs ONNX Runtime's int8 kernels here: AMX, VNNI, or neither."""
+    flags = _cpu_flags()
     found = []
     if {"amx_int8", "amx_tile"} <= flags:
         found.append("AMX")
@@ -165,7 +173,7 @@ def _quantize(src: Path, dst: Path, calibration: dict[str, np.ndarray] | None, a
 
             # Without VNNI, x86's U8S8 kernels multiply-add pairs into 16 bits (VPMADDUBSW), which can saturate:
             # 7-bit weights (reduce_range), as ONNX Runtime's documentation advises there.
-            reduce_range = act == "u8" and "VNNI" not in instructions and "AMX" not in instructions
+            reduce_range = act == "u8" and not has_vnni_or_amx()
             quantize_static(str(src), str(dst), Reader(calibration), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8 if act == "u8" else QuantType.QInt8,
                             weight_type=QuantType.QInt8, reduce_range=reduce_range,
