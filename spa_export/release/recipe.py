@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from spa_export.runtime.inputs import Inputs, as_inputs
+from spa_export.runtime.quantize import ACTIVATIONS, precisions
 from spa_export.safety import validate
 from spa_export.safety.errors import InputError, first_line, shown
 
@@ -183,17 +184,6 @@ def _calibration(value: Any, name: str, folder: Path) -> Path | str:
     return "random" if value == "random" else _file(value, name, folder)
 
 
-def _precisions(value: Any, name: str) -> tuple[str, ...]:
-    from spa_export.runtime.quantize import PRECISIONS
-
-    items = value if isinstance(value, list) else [value]
-    for v in items:
-        if not isinstance(v, str) or v not in PRECISIONS:
-            raise InputError(f"{name}: unknown precision {v!r} (known: {', '.join(PRECISIONS)}; float32 is always "
-                             "built)")
-    return tuple(dict.fromkeys(items))
-
-
 def _files(value: Any, name: str, folder: Path) -> tuple[Path, ...]:
     values = value if isinstance(value, list) else [value]
     return tuple(_file(v, name, folder) for v in values)
@@ -247,11 +237,11 @@ KEYS: dict[str, tuple[str, Convert]] = {
     "inputs": ("inputs", _files),
     "ignore_base_digest": ("ignore_base_digest", _flag),
     "description": ("description", _text),
-    "quantize": ("quantize", _wrap(lambda v, n: _precisions(v, n))),
+    "quantize": ("quantize", _wrap(precisions)),
     "calibration": ("calibration", lambda v, n, f: _calibration(v, n, f)),
-    "max_accuracy_drop": ("max_accuracy_drop", _wrap(lambda v, n: validate.number(v, n, minimum=0.0, maximum=100.0))),
-    "max_disagreement": ("max_disagreement", _wrap(lambda v, n: validate.number(v, n, minimum=0.0, maximum=100.0))),
-    "int8_activations": ("int8_activations", _choice(("auto", "u8", "s8"))),
+    "max_accuracy_drop": ("max_accuracy_drop", _wrap(validate.percent)),
+    "max_disagreement": ("max_disagreement", _wrap(validate.percent)),
+    "int8_activations": ("int8_activations", _choice(ACTIVATIONS)),
 }
 TASK_KEYS: dict[str, Convert] = {
     "name": lambda v, n, f: validate.task_name(v, n),

@@ -74,10 +74,11 @@ class Cases:
 def read_cases(where: str, data: bytes) -> Cases:
     from safetensors.numpy import load
 
+    from spa_export.runtime.delta import safetensors_metadata
+
     try:
         tensors = load(data)
-        n = int.from_bytes(data[:8], "little")
-        meta = json.loads(json.loads(data[8:8 + n])["__metadata__"][META_KEY])
+        meta = json.loads(safetensors_metadata(data)[META_KEY])
     except Exception as err:   # a truncated or foreign file
         raise InputError(f"{where}: not a readable check file ({type(err).__name__})") from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:

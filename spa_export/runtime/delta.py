@@ -17,7 +17,6 @@ verified file, sha256 for sha256.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zlib
 from collections.abc import Mapping
@@ -74,10 +73,6 @@ def inflate(data: bytes, limit: int, what: str) -> bytes:
     return out
 
 
-def sha256_bytes(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def delta_bytes(delta: Delta) -> bytes:
     """The file's bytes: safetensors, tensors in name order, the header as one JSON metadata entry."""
     from safetensors.numpy import save
@@ -97,7 +92,7 @@ def read_delta(path: str | Path, data: bytes | None = None) -> Delta:
 
     try:
         tensors = load(raw)
-        meta = json.loads(_metadata(raw).get(META_KEY, "null"))
+        meta = json.loads(safetensors_metadata(raw).get(META_KEY, "null"))
     except Exception as err:   # a truncated or tampered file: safetensors' own error types
         raise InputError(f"{path}: not a readable delta file ({type(err).__name__}: {str(err)[:120]})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -111,7 +106,7 @@ def read_delta(path: str | Path, data: bytes | None = None) -> Delta:
     return Delta(meta, tensors)
 
 
-def _metadata(raw: bytes) -> dict[str, str]:
+def safetensors_metadata(raw: bytes) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file's header."""
     if len(raw) < 8:
         raise ValueError("shorter than a safetensors header")

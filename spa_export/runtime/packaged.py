@@ -11,7 +11,6 @@ its own sha256 first, so a tampered or truncated file is named as such.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from spa_export.safety.errors import InputError, shown
+from spa_export.safety.ownership import sha256_bytes
 
 MANIFEST = "manifest.json"
 BASE_FILE = "base.safetensors"
 DELTA_FILE = "delta.safetensors"
 CHECK_FILE = "check.safetensors"
-
-
-def _sha(data: bytes) -> str:
-    """``sha256:<hex>`` of ``data``, as the manifest writes it."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -70,7 +65,7 @@ class Package:
             raise InputError(f"{path}: missing from the package") from None
         except OSError as err:
             raise InputError(f"{path}: cannot read it: {err.strerror or err}") from None
-        if sha256 is not None and _sha(data) != sha256:
+        if sha256 is not None and sha256_bytes(data) != sha256:
             raise InputError(f"{path}: changed since the build (its sha256 is not the manifest's: "
                              "tampered, truncated or from another package)")
         return data
@@ -104,7 +99,7 @@ class Package:
         want = entry.get("model_sha256")
         rel, sha = self.artefact_sha(task, "model.onnx")
         data = self.read(rel, sha) if sha is not None else self._materialize(task, entry)
-        if want is not None and _sha(data) != want:
+        if want is not None and sha256_bytes(data) != want:
             raise InputError(f"{self.root / rel}: not the network the build verified (sha256 differs from the "
                              "manifest's model_sha256)")
         return data

@@ -33,6 +33,17 @@ PRECISIONS = ("int8",)
 ACTIVATIONS = ("auto", "u8", "s8")
 
 
+def precisions(values: object, name: str = "--quantize") -> tuple[str, ...]:
+    """Precisions asked for beside float32 (a name or a list): known ones, duplicates dropped."""
+    items = [values] if isinstance(values, str) else list(values or ())
+    for v in items:
+        if not isinstance(v, str) or v not in PRECISIONS:
+            shown_value = f"'{v}'" if isinstance(v, str) else type(v).__name__
+            raise InputError(f"{name}: unknown precision {shown_value} (known: {', '.join(PRECISIONS)}; "
+                             "float32 is always built)")
+    return tuple(dict.fromkeys(items))
+
+
 def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:

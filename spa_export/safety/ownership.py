@@ -33,6 +33,11 @@ MARKER_SCHEMA = 1
 _CHUNK = 1 << 20
 
 
+def sha256_bytes(data: bytes) -> str:
+    """``sha256:<hex>`` of bytes in memory, as :func:`sha256_file` writes a file's."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     """``sha256:<hex>`` of a file's bytes, read in chunks."""
     h = hashlib.sha256()

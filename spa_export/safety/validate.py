@@ -72,6 +72,11 @@ def tolerance(value: object, name: str) -> float:
     return number(value, name, minimum=0.0, maximum=1.0)
 
 
+def percent(value: object, name: str) -> float:
+    """Percent or accuracy points: 0 to 100."""
+    return number(value, name, minimum=0.0, maximum=100.0)
+
+
 def seed(value: object, name: str) -> int:
     return integer(value, name, minimum=0, maximum=MAX_SEED)
 

@@ -31,9 +31,9 @@ from spa_export.runtime.delta import (
     delta_bytes,
     make_weight,
     materialize,
-    sha256_bytes,
 )
 from spa_export.safety.errors import BuildError
+from spa_export.safety.ownership import sha256_bytes
 from spa_export.spa import SpaFile
 from spa_export.stages.plan.model import PrunePlan
 

@@ -25,6 +25,7 @@ from spa_export import __version__
 from spa_export.runtime.environment import library_versions
 from spa_export.runtime.inputs import InputSpec, as_inputs, as_option, is_plain, parse_input
 from spa_export.runtime.inputs import to_json as inputs_json
+from spa_export.runtime.quantize import ACTIVATIONS, precisions
 from spa_export.safety import validate
 from spa_export.safety.errors import InputError, VerificationError, require_file
 from spa_export.safety.memory import check_fits, peak_rss_mb, release, settle, young_heap
@@ -110,12 +111,12 @@ def validate_options(opts: BuildOptions) -> BuildOptions:
         budget_s=validate.budget(opts.budget_s, "--budget"),
         inputs=tuple(Path(p) for p in opts.inputs),
         eval_data=Path(opts.eval_data) if opts.eval_data is not None else None,
-        quantize=_precisions(opts.quantize),
+        quantize=precisions(opts.quantize),
         calibration=(None if opts.calibration is None else
                      "random" if str(opts.calibration) == "random" else Path(opts.calibration)),
-        max_accuracy_drop=validate.number(opts.max_accuracy_drop, "--max-accuracy-drop", minimum=0.0, maximum=100.0),
-        max_disagreement=validate.number(opts.max_disagreement, "--max-disagreement", minimum=0.0, maximum=100.0),
-        int8_activations=validate.choice(opts.int8_activations, "--int8-activations", ("auto", "u8", "s8")),
+        max_accuracy_drop=validate.percent(opts.max_accuracy_drop, "--max-accuracy-drop"),
+        max_disagreement=validate.percent(opts.max_disagreement, "--max-disagreement"),
+        int8_activations=validate.choice(opts.int8_activations, "--int8-activations", ACTIVATIONS),
     )
     if checked.quantize and checked.calibration is None:
         raise InputError("--quantize int8 needs calibration data: --calibration DATA.npz (inputs only: real "
@@ -130,22 +131,6 @@ def validate_options(opts: BuildOptions) -> BuildOptions:
     if checked.bench == "gpu":
         check_gpu_available()
     return checked
-
-
-def _precisions(values: object) -> tuple[str, ...]:
-    """``--quantize`` values: known precisions, duplicates dropped."""
-    from spa_export.runtime.quantize import PRECISIONS
-
-    items = [values] if isinstance(values, str) else list(values or ())
-    out: list[str] = []
-    for v in items:
-        if not isinstance(v, str) or v not in PRECISIONS:
-            shown_value = f"'{v}'" if isinstance(v, str) else type(v).__name__
-            raise InputError(f"--quantize: unknown precision {shown_value} (known: {', '.join(PRECISIONS)}; "
-                             "float32 is always built)")
-        if v not in out:
-            out.append(v)
-    return tuple(out)
 
 
 def check_gpu_available() -> None:
