@@ -90,6 +90,19 @@ def fused_qkv(mod: nn.Module) -> bool:
             and isinstance(getattr(mod, "norm", nn.Identity()), nn.Identity) and getattr(mod, "gate", None) is None)
 
 
+def narrowable_heads(mod: nn.Module) -> bool:
+    """Whether timm's fused-qkv ``mod`` can take heads narrower than it was built with: timm's own
+    ``Attention.forward`` (it reads ``head_dim`` and ``attn_dim`` from the module, and scales by
+    ``self.scale`` when ``fused_attn`` is off) with no query/key normalisation (which would mix a
+    head's channels)."""
+    if not fused_qkv(mod):
+        return False
+    from timm.layers.attention import Attention
+
+    return type(mod).forward is Attention.forward and hasattr(mod, "fused_attn") and all(
+        isinstance(getattr(mod, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm"))
+
+
 def out_projection(mod: nn.Module) -> nn.Linear:
     """The Linear that reads every head's values: ``out_proj`` (``nn.MultiheadAttention``) or ``proj``."""
     return mod.proj if fused_qkv(mod) else mod.out_proj

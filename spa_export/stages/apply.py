@@ -205,19 +205,24 @@ def _attention_linear(weight: torch.Tensor, bias: torch.Tensor | None, rows: tor
 
 
 def _prune_fused(mod: nn.Module, plan: AttentionPlan) -> nn.Module:
-    """timm's ``Attention`` with only the plan's (whole) heads: a copy of the module whose ``qkv``
-    keeps those heads' query, key and value rows and whose ``proj`` reads only their columns."""
-    d, width = plan.head_dim, plan.num_heads * plan.head_dim
-    cols = torch.as_tensor([h * d + c for h in plan.heads for c in range(d)])
-    rows = torch.cat([part * width + cols for part in range(3)])
+    """timm's ``Attention`` with only the plan's heads and channels: a copy of the module whose ``qkv``
+    keeps those heads' query, key and value rows and whose ``proj`` reads only their value columns.
+    Narrower heads compute their scores with the module's own ``scale`` (of the original width):
+    ``fused_attn`` off, since ``scaled_dot_product_attention`` would take the new width's."""
+    d, width, narrow = plan.head_dim, plan.num_heads * plan.head_dim, len(plan.qk[0])
+    qk = torch.as_tensor([h * d + c for h, cs in zip(plan.heads, plan.qk, strict=True) for c in cs])
+    v = torch.as_tensor([h * d + c for h, cs in zip(plan.heads, plan.v, strict=True) for c in cs])
+    rows = torch.cat([qk, width + qk, 2 * width + v])
     new = _own_copy(mod, leaving=("qkv", "proj"))
     qkv_bias = None if mod.qkv.bias is None else mod.qkv.bias.detach()
     new.qkv = _attention_linear(mod.qkv.weight.detach(), qkv_bias, rows)
     proj_bias = None if mod.proj.bias is None else mod.proj.bias.detach()
-    new.proj = _attention_linear(mod.proj.weight.detach(), proj_bias, torch.arange(mod.proj.out_features), cols)
+    new.proj = _attention_linear(mod.proj.weight.detach(), proj_bias, torch.arange(mod.proj.out_features), v)
     new.num_heads = len(plan.heads)
+    if narrow < d:
+        new.head_dim, new.fused_attn = narrow, False   # scale stays head_dim ** -0.5 of the original
     if hasattr(mod, "attn_dim"):
-        new.attn_dim = len(plan.heads) * d
+        new.attn_dim = len(plan.heads) * narrow
     return new.eval()
 
 

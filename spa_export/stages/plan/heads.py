@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spa_export.nets.attention import fused_qkv, out_projection, projections
+from spa_export.nets.attention import fused_qkv, narrowable_heads, out_projection, projections
 
 
 @dataclass
@@ -77,7 +77,8 @@ def plan_heads(name: str, mod: nn.Module, *, weights_read: bool, round_to: int =
 
     ``round_to`` and ``round_small`` round the kept head dimensions as
     :func:`~spa_export.stages.plan.decide.decide` rounds channel groups.
-    timm's ``Attention`` (one ``qkv`` reshaped into heads of one width) loses whole heads only.
+    timm's ``Attention`` (one ``qkv`` reshaped into heads of one width) keeps one width for its
+    query, key and value, or whole heads where its code cannot take narrower ones.
     """
     h, d = mod.num_heads, mod.head_dim
     whole = AttentionPlan(name, h, d, list(range(h)), [list(range(d))] * h, [list(range(d))] * h)
@@ -87,14 +88,7 @@ def plan_heads(name: str, mod: nn.Module, *, weights_read: bool, round_to: int =
     if not bool(v_gone.any() or qk_gone.any()):
         return whole
     if fused_qkv(mod):
-        heads = [i for i in range(h) if not bool(v_gone[i].all())] or [0]
-        plan = AttentionPlan(name, h, d, heads, [list(range(d))] * len(heads), [list(range(d))] * len(heads))
-        extra_v, extra_qk = (sum(int(gone[i].sum()) for i in heads) for gone in (v_gone, qk_gone))
-        if extra_v or extra_qk:
-            plan.kept_beyond_masks = {"value": extra_v, "query_key": extra_qk,
-                                      "why": "a fused qkv projection reshapes into heads of one width: "
-                                             "only whole heads go"}
-        return plan
+        return _plan_fused(name, mod, v_gone, qk_gone, round_to, round_small)
     if weights_read:
         whole.reason = "the network reads the attention weights (the second output)"
         return whole
@@ -114,6 +108,30 @@ def plan_heads(name: str, mod: nn.Module, *, weights_read: bool, round_to: int =
             "why": "kept heads share one value and one query/key width (the largest any of them needs"
                    + (f", rounded to a multiple of {round_to}" if round_to > 1 else "")
                    + "); the channels kept for it compute what the masked network computes"}
+    return plan
+
+
+def _plan_fused(name: str, mod: nn.Module, v_gone: torch.Tensor, qk_gone: torch.Tensor, round_to: int,
+                round_small: bool) -> AttentionPlan:
+    """timm's ``Attention``: one ``qkv`` reshaped into heads of one width, so query, key and value
+    keep one width (the largest any kept head needs); whole heads only where it cannot narrow."""
+    h, d = mod.num_heads, mod.head_dim
+    heads = [i for i in range(h) if not bool(v_gone[i].all())] or [0]
+    if narrowable_heads(mod):
+        width = _rounded(max(max(int((~qk_gone[i]).sum()), int((~v_gone[i]).sum())) for i in heads),
+                         round_to, d, round_small)
+        why = ("query, key and value of a fused qkv projection share one head width (the largest any head "
+               "needs" + (f", rounded to a multiple of {round_to}" if round_to > 1 else "")
+               + "); the channels kept for it compute what the masked network computes")
+    else:
+        width = d
+        why = "a fused qkv projection reshapes into heads of one width: only whole heads go"
+    plan = AttentionPlan(name, h, d, heads, [_first(qk_gone[i], width) for i in heads],
+                         [_first(v_gone[i], width) for i in heads])
+    extra_v = sum(int(v_gone[i][plan.v[k]].sum()) for k, i in enumerate(heads))
+    extra_qk = sum(int(qk_gone[i][plan.qk[k]].sum()) for k, i in enumerate(heads))
+    if extra_v or extra_qk:
+        plan.kept_beyond_masks = {"value": extra_v, "query_key": extra_qk, "why": why}
     return plan
 
 

@@ -36,6 +36,7 @@ from spa_export.runtime.inputs import Inputs, random_tensors
 from spa_export.safety.errors import ArchitectureError, error_line
 from spa_export.stages.plan import ops
 from spa_export.stages.plan.model import STREAM_REASON
+from spa_export.stages.plan.shaped import Call, ShapedTracing, attributes_kept, record_calls
 from spa_export.stages.plan.unionfind import UnionFind
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -123,15 +124,19 @@ def trace_channels(model: nn.Module, inputs: Inputs, *, seed: int = 0) -> Channe
 
     ``inputs``: :class:`~spa_export.runtime.inputs.InputSpec` s, in the order of ``forward``'s arguments.
     """
-    specs = inputs
+    with attributes_kept(model):
+        return _trace_channels(model, inputs, seed)
+
+
+def _trace_channels(model: nn.Module, specs: Inputs, seed: int) -> ChannelGraph:
+    probe = random_tensors(specs, 2, torch.Generator().manual_seed(seed))
     try:
-        tracer, traced = _trace(model, _defaults_beyond(model, len(specs)))
+        tracer, traced = _trace(model, _defaults_beyond(model, len(specs)), probe=tuple(probe))
         gm = fx.GraphModule(model, traced)  # shares the model's modules, changes none
     except Exception as err:
         raise ArchitectureError(
             f"the network cannot be traced with torch.fx ({error_line(err)})"
         ) from err
-    probe = random_tensors(specs, 2, torch.Generator().manual_seed(seed))
     # the network's own modules: the graph module holds a module that was traced through (a
     # batch-norm or layer calling F.batch_norm, F.linear, F.conv2d) as a plain container of the
     # tensors it copied; leaves are the same objects in both
@@ -167,7 +172,8 @@ def _defaults_beyond(model: nn.Module, given: int) -> dict[str, object]:
     return out
 
 
-def _trace(model: nn.Module, concrete: dict[str, object] | None = None, rounds: int = 8) -> tuple[_Tracer, fx.Graph]:
+def _trace(model: nn.Module, concrete: dict[str, object] | None = None, rounds: int = 8,
+           probe: tuple | None = None) -> tuple[_Tracer, fx.Graph]:
     """Trace ``model``; where its own code cannot be traced, call the function that fails as one step.
 
     A network's ``forward`` may call a helper with control flow on shapes (timm's ViT resamples
@@ -177,15 +183,24 @@ def _trace(model: nn.Module, concrete: dict[str, object] | None = None, rounds: 
     reads and writes. A failure in a method of the network itself still leaves it untraced.
     """
     wrapped: list = []
+    calls = None
     while True:
-        tracer = _Tracer(autowrap_functions=tuple(wrapped))
+        tracer = _Tracer(autowrap_functions=tuple(wrapped), calls=calls)
         try:
-            return tracer, tracer.trace(model, concrete_args=concrete or None)
+            traced = tracer.trace(model, concrete_args=concrete or None)
         except Exception as err:
             fn = _failing_function(err)
             if fn is None or fn in wrapped or len(wrapped) >= rounds:
                 raise
             wrapped.append(fn)
+            continue
+        # a submodule went opaque: run the network once (outside the trace, which patches every
+        # module's call) to record its submodules' arguments, and trace again on their shapes
+        if calls is None and probe is not None and tracer.opaque.keys() & dict(model.named_modules()).keys():
+            calls = record_calls(model, probe)
+            if calls:
+                continue
+        return tracer, traced
 
 
 def _failing_function(err: BaseException) -> object | None:
@@ -208,7 +223,7 @@ def _failing_function(err: BaseException) -> object | None:
     return None
 
 
-class _Tracer(fx.Tracer):
+class _Tracer(ShapedTracing):
     """torch.fx's tracer, entering ``nn.TransformerEncoder`` and its layers (leaves by default),
     and stepping over what it cannot trace.
 
@@ -218,16 +233,18 @@ class _Tracer(fx.Tracer):
     layers and attention are seen by name.
 
     A submodule whose ``forward`` cannot be traced (control flow on a shape, as
-    in MobileViT's blocks; ``math`` on sizes, as in timm's ``Conv2dSame``)
-    becomes one step of the graph: the nodes its attempt made are erased, and
-    the module is called as a whole. The rest of the network is planned as
+    in MobileViT's blocks; ``math`` on sizes, as in timm's ``Conv2dSame``) is
+    traced again on the probe's real values, its shapes then numbers
+    (:mod:`~spa_export.stages.plan.shaped`). Where that fails too, or the
+    submodule is called more than once, it becomes one step of the graph: the
+    nodes its attempts made are erased, and the module is called as a whole. The rest of the network is planned as
     usual; the step keeps the channels it reads and writes, with the reason
     in ``opaque``. Only a failure in the network's own ``forward`` leaves the
     whole network untraced.
     """
 
-    def __init__(self, autowrap_functions: tuple = ()) -> None:
-        super().__init__(autowrap_functions=autowrap_functions)
+    def __init__(self, autowrap_functions: tuple = (), calls: dict[str, Call] | None = None) -> None:
+        super().__init__(calls, autowrap_functions=autowrap_functions)
         self.opaque: dict[str, str] = {
             f"{fn.__module__}.{fn.__qualname__}": "a function torch.fx cannot trace, called as one step"
             for fn in autowrap_functions}
@@ -237,6 +254,8 @@ class _Tracer(fx.Tracer):
         return fused_qkv(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: object, args: tuple, kwargs: dict) -> object:
+        if self.evaluating:
+            return super().call_module(m, forward, args, kwargs)   # run, not traced
         if type(m) is nn.TransformerEncoderLayer:
             return _encoder_layer(m, *args, **kwargs)
         if type(m) is nn.TransformerEncoder:
@@ -245,10 +264,9 @@ class _Tracer(fx.Tracer):
         if self.is_leaf_module(m, name):
             return super().call_module(m, forward, args, kwargs)
         before, depth = len(self.graph.nodes), len(self.module_stack)
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception as err:
-            while len(self.module_stack) > depth:   # what the failed attempt pushed and never popped
+
+        def undo() -> None:   # erase what a failed attempt made
+            while len(self.module_stack) > depth:   # what it pushed and never popped
                 self.module_stack.popitem(last=True)
             made = []
             for node in reversed(self.graph.nodes):
@@ -257,6 +275,15 @@ class _Tracer(fx.Tracer):
                 made.append(node)
             for node in made:   # the newest first: each is used only by nodes made after it
                 self.graph.erase_node(node)
+            self.forget(made)
+
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as err:
+            undo()
+            shaped = self.trace_on_probe(m, name, forward, args, kwargs, undo)
+            if shaped is not None:
+                return shaped
             self.opaque[name] = error_line(err, 160)
             return self.create_proxy("call_module", name, args, kwargs)
 

@@ -221,3 +221,53 @@ def test_timm_attention_loses_whole_heads_through_the_whole_build(tmp_path) -> N
     # the two pruned blocks: qkv 64 -> 96 (3 x one head), proj 32 -> 64; the other four keep 192 and 64
     assert dims.count([64, 96]) == 2 and dims.count([32, 64]) == 2, json.dumps(dims)
     assert report["params"]["pruned"] < report["params"]["dense"]
+
+
+def test_timm_attention_narrows_its_heads_to_one_width_through_the_whole_build(tmp_path) -> None:
+    """timm's Attention keeps both heads of block 0 but narrows them: query rows masked (so the
+    score's channels go, with their keys) and value rows masked, to one width for query, key and
+    value (12: the most any head needs); its scale stays that of the original width (32), and the
+    build verifies the ONNX file against the reference."""
+    pytest.importorskip("timm", reason="timm is in the test extra")
+    import onnx
+    from safetensors.torch import save_file
+
+    from spa_export import BuildOptions, LayerSpa, build, make_spa, write_spa
+    from spa_export.pack.synth import random_base
+
+    arch, shape = "timm.models.vision_transformer:test_vit", (1, 3, 160, 160)
+    base = random_base(arch, as_inputs(shape), seed=0)
+    rows = torch.ones(192, dtype=torch.bool)       # q 0-63, k 64-127, v 128-191; heads of 32
+    rows[0:20] = rows[32:52] = False                 # 20 query channels of each head
+    rows[128:148] = rows[160 + 12:192] = False       # 20 value channels of each head
+    spa = make_spa([LayerSpa("blocks.0.attn.qkv", out_mask=rows)], task="narrow", arch=arch)
+    save_file(base, str(tmp_path / "base.safetensors"))
+    write_spa(spa, tmp_path / "narrow.spa")
+    report = build(BuildOptions(base=tmp_path / "base.safetensors", spa=tmp_path / "narrow.spa",
+                                out=tmp_path / "out", input_shape=shape, arch=arch, quiet=True)).report
+    assert report["verification"]["passed"]
+    heads = report["plan"]["attention"]["blocks.0.attn"]
+    assert (heads["heads_kept"], heads["qk_dim"], heads["v_dim"]) == ([0, 1], 12, 12), heads
+    assert "kept_beyond_masks" not in heads
+    dims = [list(i.dims) for i in onnx.load(tmp_path / "out" / "model.onnx").graph.initializer]
+    assert dims.count([64, 72]) == 1 and dims.count([24, 64]) == 1, dims   # qkv 3 x 2 x 12, proj reads 24
+
+
+@pytest.mark.parametrize(("qk_norm", "width"), [(False, 12), (True, 32)])
+def test_timm_attention_with_query_key_norm_keeps_its_head_width(qk_norm: bool, width: int) -> None:
+    """A norm over each head's query and key channels mixes them: those heads keep their width."""
+    pytest.importorskip("timm", reason="timm is in the test extra")
+    from timm.layers.attention import Attention
+
+    torch.manual_seed(0)
+    att = Attention(64, num_heads=2, qk_norm=qk_norm, norm_layer=nn.LayerNorm).eval()
+    with torch.no_grad():
+        att.qkv.weight[0:20] = att.qkv.weight[32:52] = 0       # query channels of both heads
+        att.qkv.weight[128:148] = att.qkv.weight[172:192] = 0  # value channels of both heads
+    plan = plan_heads("att", att, weights_read=False)
+    assert plan.heads == [0, 1] and len(plan.qk[0]) == len(plan.v[0]) == width
+    assert (plan.kept_beyond_masks is None) == (not qk_norm)
+    pruned = prune_attention(att, plan)
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        assert torch.allclose(att(x), pruned(x), atol=1e-5)
