@@ -133,7 +133,8 @@ class _NoValue(Exception):
 
 def _real(arg: object) -> object:
     if isinstance(arg, fx.Proxy):
-        value = getattr(arg, "value", None)
+        # vars(), not getattr: a proxy's unknown attribute is a new node of the graph
+        value = vars(arg).get("value") if isinstance(arg, ShapedProxy) else None
         if value is None:
             raise _NoValue
         return value

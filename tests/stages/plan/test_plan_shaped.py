@@ -121,3 +121,23 @@ def test_planning_leaves_every_module_attribute_as_it_was() -> None:
     cache = net[1].cache
     trace_channels(net, as_inputs((1, 3, 6, 6)))
     assert net[1].cache is cache and cache == {} and not hasattr(net[1], "last")
+
+
+class DeviceBranch(nn.Module):
+    """Branches on a size and builds a tensor on its input's device (a proxy attribute while traced)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > 4:
+            x = x * torch.arange(x.shape[-1], device=x.device)
+        return x
+
+
+def test_a_proxy_attribute_among_a_nodes_arguments_adds_no_node_and_the_graph_runs() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), DeviceBranch()).eval()
+    x = torch.randn(2, 3, 6, 6)
+    tracer = _Retrying(record_calls(net, (x,)))
+    gm = fx.GraphModule(net, tracer.trace(net))
+    assert tracer.shaped == ["1"]
+    assert not [n for n in gm.graph.nodes if n.op == "call_function" and "value" in n.args]
+    with torch.no_grad():
+        assert torch.equal(gm(x), net(x))
