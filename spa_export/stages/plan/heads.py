@@ -98,17 +98,9 @@ def plan_heads(name: str, mod: nn.Module, *, weights_read: bool, round_to: int =
     heads = [i for i in range(h) if not bool(v_gone[i].all())] or [0]
     dv = _rounded(max(int((~v_gone[i]).sum()) for i in heads), round_to, d, round_small)
     dqk = _rounded(max(int((~qk_gone[i]).sum()) for i in heads), round_to, d, round_small)
-    plan = AttentionPlan(name, h, d, heads, [_first(qk_gone[i], dqk) for i in heads],
-                         [_first(v_gone[i], dv) for i in heads])
-    extra_v = sum(int(v_gone[i][plan.v[k]].sum()) for k, i in enumerate(heads))
-    extra_qk = sum(int(qk_gone[i][plan.qk[k]].sum()) for k, i in enumerate(heads))
-    if extra_v or extra_qk:
-        plan.kept_beyond_masks = {
-            "value": extra_v, "query_key": extra_qk,
-            "why": "kept heads share one value and one query/key width (the largest any of them needs"
-                   + (f", rounded to a multiple of {round_to}" if round_to > 1 else "")
-                   + "); the channels kept for it compute what the masked network computes"}
-    return plan
+    return _narrowed(AttentionPlan(name, h, d, heads, [], []), qk_gone, v_gone, dqk, dv,
+                     "kept heads share one value and one query/key width (the largest any of them needs"
+                     + _rounding_note(round_to) + "); the channels kept for it compute what the masked network computes")
 
 
 def _plan_fused(name: str, mod: nn.Module, v_gone: torch.Tensor, qk_gone: torch.Tensor, round_to: int,
@@ -121,15 +113,26 @@ def _plan_fused(name: str, mod: nn.Module, v_gone: torch.Tensor, qk_gone: torch.
         width = _rounded(max(max(int((~qk_gone[i]).sum()), int((~v_gone[i]).sum())) for i in heads),
                          round_to, d, round_small)
         why = ("query, key and value of a fused qkv projection share one head width (the largest any head "
-               "needs" + (f", rounded to a multiple of {round_to}" if round_to > 1 else "")
-               + "); the channels kept for it compute what the masked network computes")
+               "needs" + _rounding_note(round_to) + "); the channels kept for it compute what the masked "
+               "network computes")
     else:
         width = d
         why = "a fused qkv projection reshapes into heads of one width: only whole heads go"
-    plan = AttentionPlan(name, h, d, heads, [_first(qk_gone[i], width) for i in heads],
-                         [_first(v_gone[i], width) for i in heads])
-    extra_v = sum(int(v_gone[i][plan.v[k]].sum()) for k, i in enumerate(heads))
-    extra_qk = sum(int(qk_gone[i][plan.qk[k]].sum()) for k, i in enumerate(heads))
+    return _narrowed(AttentionPlan(name, h, d, heads, [], []), qk_gone, v_gone, width, width, why)
+
+
+def _rounding_note(round_to: int) -> str:
+    return f", rounded to a multiple of {round_to}" if round_to > 1 else ""
+
+
+def _narrowed(plan: AttentionPlan, qk_gone: torch.Tensor, v_gone: torch.Tensor, dqk: int, dv: int,
+              why: str) -> AttentionPlan:
+    """``plan``'s kept heads at query/key width ``dqk`` and value width ``dv`` (every channel that must
+    stay, then removable ones), with what the masks remove that stays, and ``why``."""
+    plan.qk = [_first(qk_gone[i], dqk) for i in plan.heads]
+    plan.v = [_first(v_gone[i], dv) for i in plan.heads]
+    extra_v = sum(int(v_gone[i][plan.v[k]].sum()) for k, i in enumerate(plan.heads))
+    extra_qk = sum(int(qk_gone[i][plan.qk[k]].sum()) for k, i in enumerate(plan.heads))
     if extra_v or extra_qk:
         plan.kept_beyond_masks = {"value": extra_v, "query_key": extra_qk, "why": why}
     return plan

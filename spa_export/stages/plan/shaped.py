@@ -226,6 +226,5 @@ class ShapedTracing(fx.Tracer):
             return None
         finally:
             self._live = False
-        self.evaluating = False
         self.shaped.append(name)
         return out
