@@ -119,6 +119,7 @@ def _constrain(graph: ChannelGraph, root: np.ndarray, removed: np.ndarray, reaso
 
     grouped = [(c.module, c.ids, c.groups) for c in graph.consumers if c.groups > 1]
     grouped += [(p.label, p.ids, p.groups) for p in graph.producers if p.groups > 1]
+    grouped += [(label, ids, parts) for label, ids, parts in graph.equal if parts > 1]
     changed = True
     while changed:
         changed = False

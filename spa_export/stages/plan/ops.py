@@ -39,6 +39,10 @@ UNARY_MODULE_NAMES = {
     "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d",
     "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d", "LPPool1d", "LPPool2d",
     "StochasticDepth",
+    # spatial padding (the last 1, 2 or 3 axes; one that would pad channels changes their count: not followed)
+    "ZeroPad1d", "ZeroPad2d", "ZeroPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d",
+    "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d", "ReplicationPad2d",
+    "ReplicationPad3d", "CircularPad1d", "CircularPad2d", "CircularPad3d",
 }
 
 ADD_LIKE = {operator.add, operator.sub, operator.iadd, operator.isub, operator.truediv,

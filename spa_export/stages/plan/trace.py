@@ -34,7 +34,8 @@ from torch import nn
 from spa_export.nets.attention import fused_qkv
 from spa_export.runtime.inputs import Inputs, random_tensors
 from spa_export.safety.errors import ArchitectureError, error_line
-from spa_export.stages.plan import ops
+from spa_export.stages.plan import layout, ops
+from spa_export.stages.plan.counts import ChannelCounts
 from spa_export.stages.plan.model import STREAM_REASON
 from spa_export.stages.plan.shaped import Call, ShapedTracing, attributes_kept, record_calls
 from spa_export.stages.plan.unionfind import UnionFind
@@ -110,6 +111,8 @@ class ChannelGraph:
     attention: dict[str, bool] = field(default_factory=dict)
     #: modules torch.fx could not trace into -> why; each ran as one step that keeps its channels
     opaque: dict[str, str] = field(default_factory=dict)
+    #: channels cut into equal parts (``chunk``): (label, ids, parts); every part keeps as many
+    equal: list[tuple[str, np.ndarray, int]] = field(default_factory=list)
 
     def new_ids(self, n: int, label: str, *, fixed_reason: str | None = None) -> np.ndarray:
         ids = self.uf.new(n)
@@ -144,7 +147,9 @@ def _trace_channels(model: nn.Module, specs: Inputs, seed: int) -> ChannelGraph:
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     with torch.no_grad():
         try:
-            _Interpreter(gm, graph, calls).run(*probe)
+            interpreter = _Interpreter(gm, graph, calls)
+            interpreter.run(*probe)
+            graph.holds += interpreter.counts.settle()
         except Exception as err:   # the traced graph does not compute what the network does: plan nothing
             raise ArchitectureError(f"the network's traced graph does not run ({error_line(err)})") from err
     return graph
@@ -318,7 +323,9 @@ class _Interpreter(fx.Interpreter):
         self.g = graph
         self.calls = calls
         self.slots: dict[str, Slot] = {}
-        self.items: dict[str, tuple[Slot | None, ...]] = {}   # slots of tuple outputs (attention)
+        self.items: dict[str, tuple[Slot | None, ...]] = {}   # slots of tuple outputs (attention, chunk)
+        self.parameters_only: dict[str, bool] = {}   # node -> computed from parameters alone
+        self.counts = ChannelCounts()   # channel counts read from shapes, and their uses
 
     # -- helpers -------------------------------------------------------------------------
     def slot_of(self, arg: object) -> Slot | None:
@@ -356,6 +363,7 @@ class _Interpreter(fx.Interpreter):
         else:
             result = super().run_node(n)
         slot = self.analyse(n, result)
+        self.counts.note_uses(n)
         if slot is not None:
             if isinstance(result, torch.Tensor):
                 if slot.axis == -1 and result.dim() == 2:
@@ -448,7 +456,13 @@ class _Interpreter(fx.Interpreter):
 
     def linear_last(self, label: str, name: str, mod: nn.Linear, x: Slot, value: torch.Tensor, *,
                     functional: bool = False) -> Slot:
-        """A Linear layer on ``[N, ..., features]``: it reads and writes features on the last axis."""
+        """A Linear layer on ``[N, ..., features]``: it reads and writes features on the last axis.
+
+        Where channels are followed on axis 1 of ``[N, C, ..., T]`` (gMLP's and MLP-Mixer's token
+        mixing, after a transpose), the layer mixes the last axis of each channel by itself: the
+        channels pass through it, as through a pooling."""
+        if x.axis == 1 and value.dim() >= 3 and not self.opaque(x):
+            return Slot(x.ids, x.dep)
         if x.axis != -1 or len(x.ids) != mod.in_features:
             # its input's features were not followed (a layer norm's output, a reshape): they stay
             reason = f"read by '{label}' (Linear over the last axis) from an operation not followed"
@@ -486,6 +500,22 @@ class _Interpreter(fx.Interpreter):
         self.g.attention[n.target] = _reads_weights(n)
         return None
 
+    def from_parameters(self, arg: object) -> bool:
+        """Whether ``arg`` is computed from the network's parameters and buffers alone (never its input)."""
+        if not isinstance(arg, fx.Node):
+            return True
+        if arg.name not in self.parameters_only:
+            seen, todo, alone = set(), [arg], True
+            while todo and alone:
+                node = todo.pop()
+                if node.name in seen or node.op == "get_attr":
+                    continue
+                seen.add(node.name)
+                alone = node.op not in ("placeholder", "call_module") and self.parameters_only.get(node.name, True)
+                todo.extend(node.all_input_nodes)
+            self.parameters_only[arg.name] = alone
+        return self.parameters_only[arg.name]
+
     def opaque(self, s: Slot) -> bool:
         return all(int(i) in self.g.fixed for i in s.ids)
 
@@ -511,10 +541,11 @@ class _Interpreter(fx.Interpreter):
         is_method = n.op == "call_method"
         args = n.args
         x = self.slot_of(args[0]) if args else None
-        if target is operator.getitem and isinstance(args[0], fx.Node) and args[0].name in self.items \
-                and isinstance(args[1], int) and -2 <= args[1] < 2:
-            return self.items[args[0].name][args[1]]
+        items = self.items.get(args[0].name) if target is operator.getitem and isinstance(args[0], fx.Node) else None
+        if items is not None and isinstance(args[1], int) and -len(items) <= args[1] < len(items):
+            return items[args[1]]
         if (is_method and name in ops.SHAPE_METHODS) or (not is_method and target in ops.SHAPE_FUNCTIONS):
+            self.read_count(n, name)
             if target is operator.getitem and isinstance(self.env.get(args[0]), torch.Tensor):
                 return self.barrier(n, result, "indexing")
             if isinstance(result, torch.Tensor):
@@ -525,6 +556,8 @@ class _Interpreter(fx.Interpreter):
         if (is_method and name in ops.ADD_METHODS | ops.MUL_METHODS) or target in ops.ADD_LIKE | ops.MUL_LIKE:
             is_mul = (name in ops.MUL_METHODS) if is_method else target in ops.MUL_LIKE
             return self.binary(n, result, is_mul)
+        if name in ("chunk", "split") and x is not None and isinstance(result, (tuple, list)):
+            return self.chunk(n, name, x, result)
         if x is None or not isinstance(result, torch.Tensor):
             return self.barrier(n, result, name)
         value = self.env[args[0]]
@@ -541,6 +574,10 @@ class _Interpreter(fx.Interpreter):
         tensor_inputs = [a for a in n.all_input_nodes if isinstance(self.env[a], torch.Tensor)]
         if name in ops.UNARY_FUNCTION_NAMES and _same_channels(value, result, x.axis) and len(tensor_inputs) == 1:
             return x
+        if name in layout.PERMUTATIONS | layout.RESHAPES:
+            moved = self.layout(n, name, x, value, result)
+            if moved is not None:
+                return moved
         if x.axis != 1:
             return self.barrier(n, result, f"{name} on features along the last axis")
         if name == "mean" and _same_channels(value, result) and result.dim() >= 2:
@@ -552,6 +589,61 @@ class _Interpreter(fx.Interpreter):
                 and result.shape[0] == value.shape[0] and result.shape[1] == value[0].numel():
             return _flatten(x, value)
         return self.barrier(n, result, name)
+
+    def chunk(self, n: fx.Node, name: str, x: Slot, result: tuple) -> None:
+        """Channels cut into equal parts (``chunk``, or ``split`` by a size read from a shape): each part
+        is passed on, and every part keeps as many channels, so that the cut falls where it did.
+
+        A ``split`` by sizes written in the code (``torch.split(x, [16, 48], 1)``) would cut in the wrong
+        place once channels go: its channels stay.
+        """
+        value = self.env[n.args[0]]
+        dim = _dim(x.axis, value)
+        bound = _bound(n, ("tensor", "chunks" if name == "chunk" else "split_size_or_sections", "dim"))
+        parts = len(result)
+        size = bound.get("split_size_or_sections", bound.get("split_size"))
+        cut = int(bound.get("dim", 0)) % value.dim() if isinstance(bound.get("dim", 0), int) else None
+        even = parts > 0 and value.shape[dim] % parts == 0 and all(
+            isinstance(t, torch.Tensor) and t.shape[dim] == value.shape[dim] // parts for t in result)
+        written = name == "split" and not self.counts.split_by_count(size, x.ids, parts)
+        if cut != dim or not even or written:
+            what = f"{name} of channels into parts whose sizes are written in the code" if cut == dim and written \
+                else f"{name} of channels into unequal parts" if cut == dim else f"{name} along another axis"
+            self.barrier(n, None, what)
+            self.items[n.name] = tuple(self.fresh(n, t, f"produced by '{n.name}' ({name})") for t in result)
+            return None
+        self.g.equal.append((n.name, x.ids, parts))
+        per = len(x.ids) // parts
+        self.items[n.name] = tuple(Slot(x.ids[j * per:(j + 1) * per], x.dep[j * per:(j + 1) * per], x.axis)
+                                   for j in range(parts))
+        return None
+
+    def read_count(self, n: fx.Node, name: str) -> None:
+        """Note ``n`` where it reads a followed tensor's channel count or whole shape."""
+        src = n.args[0] if n.args else None
+        s = self.slot_of(src)
+        value = self.env.get(src) if isinstance(src, fx.Node) else None
+        if s is not None and isinstance(value, torch.Tensor) and not self.opaque(s):
+            self.counts.read(n, name, s.ids, _dim(s.axis, value), value.dim())
+        elif isinstance(src, fx.Node) and isinstance(value, tuple):
+            self.g.holds += self.counts.read(n, name, None, 0, len(value))
+
+    def layout(self, n: fx.Node, name: str, x: Slot, value: torch.Tensor, result: torch.Tensor) -> Slot | None:
+        """The same channels on the axis a permutation or reshape moves them to (:mod:`.layout`), or None.
+
+        Not for ids an operation not followed made (they name dimension 1 of its output, whatever that holds)."""
+        if self.opaque(x):
+            return None
+        dim = layout.moved_to(name, n.args[1:], dict(n.kwargs), value, result, _dim(x.axis, value), fx.Node)
+        if dim is None or dim not in (1, result.dim() - 1):
+            return None
+        size = layout.size_at(name, n.args[1:], dict(n.kwargs), dim)
+        if isinstance(size, fx.Node):   # a size read from a shape: the channels it counts and these go together
+            counted = self.counts.pair(n, size, len(x.ids))
+            if counted is None:
+                return None
+            self.g.uf.union_arrays(counted, x.ids)
+        return Slot(x.ids, x.dep) if dim == 1 else Slot(x.ids, x.dep, -1)
 
     def functional_batchnorm(self, n: fx.Node, x: Slot, value: torch.Tensor, result: torch.Tensor) -> Slot | None:
         """``F.batch_norm`` in eval mode, on the running statistics and affine parameters of one module.
@@ -624,8 +716,11 @@ class _Interpreter(fx.Interpreter):
     def binary(self, n: fx.Node, result: object, is_mul: bool) -> Slot | None:
         operands = [a for a in n.args[:2]]
         values = [self.env[a] if isinstance(a, fx.Node) else a for a in operands]
-        tensors = [(a, v) for a, v in zip(operands, values, strict=True) if isinstance(v, torch.Tensor)]
-        if not isinstance(result, torch.Tensor) or any(k != "alpha" for k in n.kwargs):
+        # one element computed from parameters alone (hgnet's learnable affine ``self.scale * x + self.bias``)
+        # is a number
+        tensors = [(a, v) for a, v in zip(operands, values, strict=True) if isinstance(v, torch.Tensor)
+                   and not (v.numel() == 1 and self.from_parameters(a))]
+        if not isinstance(result, torch.Tensor) or not tensors or any(k != "alpha" for k in n.kwargs):
             return self.barrier(n, result, "elementwise operation")
         if len(tensors) == 1:
             a, v = tensors[0]

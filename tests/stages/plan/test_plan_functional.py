@@ -186,3 +186,37 @@ def test_a_submodule_fx_cannot_trace_called_twice_runs_as_one_step_and_the_rest_
     graph = trace_channels(net, as_inputs(SHAPE))
     assert list(graph.opaque) == ["6"] and "TraceError" in graph.opaque["6"]
     assert any("(ShapeBranch called more than once)" in why for _, why in graph.holds)
+
+
+class Affine(nn.Module):
+    """hgnet's learnable affine: one scale and one shift for every channel, parameters of one element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale, self.bias = nn.Parameter(torch.tensor([1.7])), nn.Parameter(torch.tensor([0.3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x + self.bias * self.scale
+
+
+def test_a_one_element_scale_and_shift_act_on_each_channel() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), Affine(), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    _randomize_bn(net)
+    _zero_out(net[0], [2, 5])      # constants after the batch-norm, shifted and scaled: folded into the next bias
+    plan = make_plan(net, as_inputs(SHAPE))
+    pruned = apply_plan(net, plan)
+    _check_exact(net, pruned, SHAPE)
+    assert (core(pruned[0]).out_channels, pruned[1].num_features, core(pruned[4]).in_channels) == (6, 6, 6)
+
+
+def test_a_padding_module_pads_each_channel_by_itself() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(8, 4, 3)).eval()
+    _randomize_bn(net)
+    _zero_out(net[0], [0, 3, 7])   # constants, padded with zeros: they vary near the border
+    plan = make_plan(net, as_inputs(SHAPE))
+    pruned = apply_plan(net, plan)
+    _check_exact(net, pruned, SHAPE)
+    assert (core(pruned[0]).out_channels, pruned[1].num_features, core(pruned[3]).in_channels) == (5, 5, 5)
+    assert plan.folds

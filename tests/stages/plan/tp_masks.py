@@ -63,7 +63,8 @@ def mixes_channels(mod: nn.Module) -> bool:
     """Normalisation over several channels together: removing one changes the others' statistics."""
     if isinstance(mod, nn.GroupNorm):
         return mod.num_groups < mod.num_channels
-    return isinstance(mod, nn.LayerNorm) or type(mod).__name__ in MIXING_NORMS
+    # subclasses too: timm's RmsNormAct2d (an RmsNorm2d with an activation), LayerNorm2dNoBias
+    return isinstance(mod, nn.LayerNorm) or any(c.__name__ in MIXING_NORMS for c in type(mod).__mro__)
 
 
 GUARD_BYTES, GUARD_SECONDS = 6 << 30, 120
@@ -105,6 +106,7 @@ def _torch_pruning_masks(model: nn.Module, shape: tuple[int, ...], *, prune: flo
                          ) -> tuple[dict[str, dict[str, torch.Tensor]], Minimum]:
     model = copy.deepcopy(model)
     names = {m: n for n, m in model.named_modules()}
+    owners = {id(p): m for m in model.modules() for p in m.parameters(recurse=False)}
     heads = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]   # the classifier keeps its classes
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(shape))
     rng = np.random.default_rng(seed)
@@ -120,7 +122,8 @@ def _torch_pruning_masks(model: nn.Module, shape: tuple[int, ...], *, prune: flo
         group = graph.get_pruning_group(root, handler, idxs)
         if not graph.check_pruning_group(group):
             continue
-        mixed = any(mixes_channels(item.dep.target.module) for item in group)
+        # a module Torch-Pruning does not know is pruned through its parameters ("unwrapped"): their owner
+        mixed = any(mixes_channels(owners.get(id(item.dep.target.module), item.dep.target.module)) for item in group)
         chosen.append((mixed, names[root], handler, idxs))
         for item in group:
             mod = item.dep.target.module
@@ -176,7 +179,8 @@ def all_group_masks(arch: str, shape: tuple[int, ...], base: dict[str, torch.Ten
 
     from spa_export.pack import synth
 
-    read_by_norm = re.compile(r"\((?:" + "|".join(sorted(MIXING_NORMS)) + r")\)")
+    # "(LayerNorm)", "(LayerNorm on features along the last axis)", subclasses ("(RmsNormAct2d)")
+    read_by_norm = re.compile(r"\(\w*(?:" + "|".join(sorted(MIXING_NORMS)) + r")\w*[) ]")
 
     def fixed_only(graph: object, root: np.ndarray) -> set[int]:   # the input, the output, what is made new
         held = {int(root[i]) for i, why in graph.fixed.items() if made or why == "the network input"}
