@@ -27,29 +27,29 @@ class ChannelCounts:
         self.paired: set[tuple[str, str]] = set()              # (user, count node) that size the same channels
         self.uses: list[tuple[str, str, np.ndarray, str]] = []  # (user, count or shape node, channels, reason)
 
-    def read(self, n: fx.Node, name: str, ids: np.ndarray | None, cdim: int, rank: int
-             ) -> list[tuple[np.ndarray, str]]:
-        """Note node ``n`` (``x.shape``, ``x.size(d)``, ``shape[i]``); ``ids`` and ``cdim``: the followed
-        channels of the tensor it reads (None: it indexes a shape). Returns what must stay at once."""
+    def read(self, n: fx.Node, name: str, ids: np.ndarray, cdim: int, rank: int) -> None:
+        """Note node ``n`` (``x.shape``, ``x.size()``, ``x.size(d)``) of a tensor whose followed channels
+        ``ids`` lie on dimension ``cdim``."""
         args = n.args
-        if ids is None:   # an index into a shape read before
-            src = args[0]
-            if n.target is not operator.getitem or src.name not in self.shapes:
-                return []
-            ids, cdim = self.shapes[src.name]
-            index = args[1]
-            if isinstance(index, int):
-                if index % rank == cdim:
-                    self.counts[n.name] = ids
-                return []
-            if isinstance(index, slice) and cdim in range(rank)[index]:
-                return [(ids, f"its channel count is read by '{n.name}' (a slice of its shape)")]
-            return []
         dim = (args[1] if len(args) > 1 else n.kwargs.get("dim")) if name == "size" else None
         if (name == "size" and dim is None) or (n.target is getattr and args[1:] == ("shape",)):
             self.shapes[n.name] = (ids, cdim)
         elif isinstance(dim, int) and dim % rank == cdim:
             self.counts[n.name] = ids
+
+    def index(self, n: fx.Node, rank: int) -> list[tuple[np.ndarray, str]]:
+        """Note node ``n``, an index into a shape read before (``shape[1]``); returns what must stay at once
+        (a slice of the shape that holds the channel count)."""
+        src, index = n.args[0], n.args[1]
+        if n.target is not operator.getitem or src.name not in self.shapes:
+            return []
+        ids, cdim = self.shapes[src.name]
+        if isinstance(index, int):
+            if index % rank == cdim:
+                self.counts[n.name] = ids
+            return []
+        if isinstance(index, slice) and cdim in range(rank)[index]:
+            return [(ids, f"its channel count is read by '{n.name}' (a slice of its shape)")]
         return []
 
     def note_uses(self, n: fx.Node) -> None:

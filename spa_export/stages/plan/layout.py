@@ -50,8 +50,7 @@ def moved_to(name: str, args: Sequence[object], kwargs: dict, value: torch.Tenso
         if not isinstance(dim, int) or dim % value.dim() == channel_dim:
             return None
     elif name in ("view", "reshape"):
-        sizes = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
-        sizes = sizes or list(kwargs.get("shape", kwargs.get("size", ())))
+        sizes = _target_sizes(args, kwargs)
         if len(sizes) != result.dim():
             return None
         at = result.dim() - 1 if last and result.shape[-1] == c else 1
@@ -68,9 +67,14 @@ def size_at(name: str, args: Sequence[object], kwargs: dict, dim: int) -> object
     """The target size a ``view``/``reshape`` gives dimension ``dim`` (None for other operations)."""
     if name not in ("view", "reshape"):
         return None
-    sizes = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
-    sizes = sizes or list(kwargs.get("shape", kwargs.get("size", ())))
+    sizes = _target_sizes(args, kwargs)
     return sizes[dim] if dim < len(sizes) else None
+
+
+def _target_sizes(args: Sequence[object], kwargs: dict) -> list:
+    """A ``view``/``reshape`` call's target sizes: given one by one, as one sequence, or by keyword."""
+    sizes = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
+    return sizes or list(kwargs.get("shape", kwargs.get("size", ())))
 
 
 def _order(name: str, args: Sequence[object], kwargs: dict, rank: int) -> list[int] | None:

@@ -626,7 +626,7 @@ class _Interpreter(fx.Interpreter):
         if s is not None and isinstance(value, torch.Tensor) and not self.opaque(s):
             self.counts.read(n, name, s.ids, _dim(s.axis, value), value.dim())
         elif isinstance(src, fx.Node) and isinstance(value, tuple):
-            self.g.holds += self.counts.read(n, name, None, 0, len(value))
+            self.g.holds += self.counts.index(n, len(value))
 
     def layout(self, n: fx.Node, name: str, x: Slot, value: torch.Tensor, result: torch.Tensor) -> Slot | None:
         """The same channels on the axis a permutation or reshape moves them to (:mod:`.layout`), or None.
