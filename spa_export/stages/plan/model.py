@@ -20,7 +20,7 @@ from spa_export.stages.plan.heads import AttentionPlan
 class ModulePlan:
     """What to keep of one module, in original indices (``None``: everything)."""
 
-    kind: str                        # conv | linear | batchnorm | depthwise
+    kind: str                        # conv | linear | batchnorm | depthwise | blur
     out_keep: list[int] | None = None
     in_keep: list[int] | None = None
     out_size: int = 0

@@ -32,9 +32,10 @@ import torch.fx as fx
 from torch import nn
 
 from spa_export.nets.attention import fused_qkv
+from spa_export.nets.blur import is_blur_pool, sized
 from spa_export.runtime.inputs import Inputs, random_tensors
 from spa_export.safety.errors import ArchitectureError, error_line
-from spa_export.stages.plan import layout, ops
+from spa_export.stages.plan import layout, ops, slicing
 from spa_export.stages.plan.counts import ChannelCounts
 from spa_export.stages.plan.model import STREAM_REASON
 from spa_export.stages.plan.shaped import Call, ShapedTracing, attributes_kept, record_calls
@@ -255,8 +256,9 @@ class _Tracer(ShapedTracing):
             for fn in autowrap_functions}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        # timm's attention is planned as a whole, like nn.MultiheadAttention (heads, not channels)
-        return fused_qkv(m) or super().is_leaf_module(m, module_qualified_name)
+        # timm's attention is planned as a whole, like nn.MultiheadAttention (heads, not channels);
+        # a blur pool is one per-channel step (its functional convolution reads a filter buffer)
+        return fused_qkv(m) or is_blur_pool(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: object, args: tuple, kwargs: dict) -> object:
         if self.evaluating:
@@ -410,6 +412,10 @@ class _Interpreter(fx.Interpreter):
             return self.linear_last(n.name, n.target, mod, x, value)
         if kind in ops.UNARY_MODULE_NAMES and _same_channels(value, result, x.axis):
             return x
+        if is_blur_pool(mod) and x.axis == 1 and _same_channels(value, result, 1):
+            if sized(mod):   # one filter row per channel: the copy keeps the kept channels' rows
+                self.g.members.append(Member(n.target, "blur", x.ids))
+            return x
         if x.axis != 1:
             return self.barrier(n, result, f"{kind} on features along the last axis")
         if type(mod) in _CONV and mod.padding_mode == "zeros" and value.dim() == mod.weight.dim():
@@ -500,6 +506,21 @@ class _Interpreter(fx.Interpreter):
         self.g.attention[n.target] = _reads_weights(n)
         return None
 
+    def sliced(self, n: fx.Node, x: Slot, value: torch.Tensor, result: object) -> Slot | None:
+        """``x[index]`` with slices and integers (:mod:`~spa_export.stages.plan.slicing`): the channels
+        it takes go on, and those before the slice's end (its start, where it runs to the end) stay."""
+        if not isinstance(result, torch.Tensor):
+            return None
+        cut = slicing.channel_slice(n.args[1], value.dim(), _dim(x.axis, value), len(x.ids))
+        if cut is None or cut.start >= cut.stop:
+            return None
+        if cut.channel_dim not in (1, result.dim() - 1) or (cut.channel_dim != 1 and result.dim() < 3):
+            return None
+        if cut.fixed:
+            self.g.holds.append((x.ids[:cut.fixed], f"indexed by '{n.name}' with numbers in the code (the "
+                                                    "channels before the end of its slice keep their places)"))
+        return Slot(x.ids[cut.start:cut.stop], x.dep[cut.start:cut.stop], 1 if cut.channel_dim == 1 else -1)
+
     def from_parameters(self, arg: object) -> bool:
         """Whether ``arg`` is computed from the network's parameters and buffers alone (never its input)."""
         if not isinstance(arg, fx.Node):
@@ -547,7 +568,8 @@ class _Interpreter(fx.Interpreter):
         if (is_method and name in ops.SHAPE_METHODS) or (not is_method and target in ops.SHAPE_FUNCTIONS):
             self.read_count(n, name)
             if target is operator.getitem and isinstance(self.env.get(args[0]), torch.Tensor):
-                return self.barrier(n, result, "indexing")
+                taken = self.sliced(n, x, self.env[args[0]], result) if x is not None else None
+                return taken if taken is not None else self.barrier(n, result, "indexing")
             if isinstance(result, torch.Tensor):
                 return self.fresh(n, result, f"produced by '{n.name}' ({name})")
             return None

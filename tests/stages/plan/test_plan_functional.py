@@ -220,3 +220,24 @@ def test_a_padding_module_pads_each_channel_by_itself() -> None:
     _check_exact(net, pruned, SHAPE)
     assert (core(pruned[0]).out_channels, pruned[1].num_features, core(pruned[3]).in_channels) == (5, 5, 5)
     assert plan.folds
+
+
+@pytest.mark.parametrize("channels", [8, None])
+def test_a_blur_pool_filters_each_channel_by_itself_and_keeps_the_kept_rows(channels: int | None) -> None:
+    """timm's ``BlurPool2d`` (TResNet's anti-aliased downsampling): a depthwise convolution with a
+    filter buffer, one row per channel when built with ``channels`` (its copy keeps the kept rows and
+    their count), one row expanded to the input otherwise."""
+    from timm.layers import BlurPool2d
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), BlurPool2d(channels),
+                        nn.Conv2d(8, 4, 3)).eval()
+    _randomize_bn(net)
+    _zero_out(net[0], [1, 2, 6])   # constants after the batch-norm, blurred (reflect padding): folded
+    plan = make_plan(net, as_inputs(SHAPE))
+    pruned = apply_plan(net, plan)
+    _check_exact(net, pruned, SHAPE)
+    assert (core(pruned[0]).out_channels, pruned[1].num_features, core(pruned[4]).in_channels) == (5, 5, 5)
+    assert type(pruned[3]) is BlurPool2d and pruned[3].channels == (5 if channels else None)
+    assert pruned[3].filt.shape[0] == (5 if channels else 1)
+    assert net[3].filt.shape[0] == (8 if channels else 1)    # the caller's network is unchanged
