@@ -29,6 +29,8 @@ import torch
 
 PERMUTATIONS = {"transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis"}
 RESHAPES = {"view", "reshape", "flatten", "unflatten"}
+#: a reshape to another tensor's shape: its channel size is that tensor's channel count
+RESHAPES_AS = {"reshape_as", "view_as"}
 
 
 def moved_to(name: str, args: Sequence[object], kwargs: dict, value: torch.Tensor, result: torch.Tensor,

@@ -30,6 +30,10 @@ UNARY_FUNCTION_NAMES = {
     "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
     "_max_pool1d", "_max_pool2d", "_max_pool3d", "_adaptive_max_pool1d", "_adaptive_max_pool2d",
     "stochastic_depth", "clamp", "contiguous", "clone", "float", "sigmoid_", "hardswish_",
+    # elementwise (with a number, or a one-element tensor of parameters, as the other operand)
+    "pow", "square", "sqrt", "rsqrt", "exp", "log", "abs", "neg", "reciprocal", "erf", "clamp_min",
+    "clamp_max", "clip", "softsign", "tanhshrink", "logsigmoid", "hardshrink", "softshrink", "relu6_",
+    "silu_", "gelu_", "sin", "cos",
 }
 
 UNARY_MODULE_NAMES = {

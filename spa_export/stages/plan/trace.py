@@ -593,20 +593,25 @@ class _Interpreter(fx.Interpreter):
                 return x   # spatial padding (any mode) acts on each channel by itself
         if name in ("dropout", "stochastic_depth", "dropout2d") and not torch.equal(value, result):
             return self.barrier(n, result, f"{name} in training mode")
-        tensor_inputs = [a for a in n.all_input_nodes if isinstance(self.env[a], torch.Tensor)]
+        # other operands that act as numbers: one-element tensors of parameters alone (clamp bounds, exponents)
+        tensor_inputs = [a for a in n.all_input_nodes if isinstance(self.env[a], torch.Tensor)
+                         and not (a is not args[0] and self.env[a].numel() == 1 and self.from_parameters(a))]
         if name in ops.UNARY_FUNCTION_NAMES and _same_channels(value, result, x.axis) and len(tensor_inputs) == 1:
             return x
         if name in layout.PERMUTATIONS | layout.RESHAPES:
             moved = self.layout(n, name, x, value, result)
             if moved is not None:
                 return moved
+        if name in layout.RESHAPES_AS and len(args) > 1 and isinstance(args[1], fx.Node):
+            moved = self.reshaped_as(n, x, value, result)
+            if moved is not None:
+                return moved
+        if name in ("mean", "sum") and isinstance(result, torch.Tensor):
+            pooled = self.pooled(n, x, value, result)
+            if pooled is not None:
+                return pooled
         if x.axis != 1:
             return self.barrier(n, result, f"{name} on features along the last axis")
-        if name == "mean" and _same_channels(value, result) and result.dim() >= 2:
-            dims = args[1] if len(args) > 1 else n.kwargs.get("dim")
-            dims = [dims] if isinstance(dims, int) else list(dims or [])
-            if dims and all(d % value.dim() >= 2 for d in dims):
-                return x
         if name in ("flatten", "view", "reshape") and result.dim() == 2 and value.dim() >= 2 \
                 and result.shape[0] == value.shape[0] and result.shape[1] == value[0].numel():
             return _flatten(x, value)
@@ -666,6 +671,36 @@ class _Interpreter(fx.Interpreter):
                 return None
             self.g.uf.union_arrays(counted, x.ids)
         return Slot(x.ids, x.dep) if dim == 1 else Slot(x.ids, x.dep, -1)
+
+    def pooled(self, n: fx.Node, x: Slot, value: torch.Tensor, result: torch.Tensor) -> Slot | None:
+        """A mean or sum over axes other than the batch and the channels (spatial pooling, a mean over
+        tokens): each channel by itself, on the axis it lands on."""
+        dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        rank, at = value.dim(), _dim(x.axis, value)
+        if not dims or not all(isinstance(d, int) and d % rank not in (0, at) for d in dims):
+            return None
+        keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False)
+        new = at if keep else at - sum(d < at for d in {d % rank for d in dims})
+        if result.dim() < 2 or new >= result.dim() or result.shape[new] != len(x.ids):
+            return None
+        if new == 1:
+            return Slot(x.ids, x.dep)
+        return Slot(x.ids, x.dep, -1) if new == result.dim() - 1 else None
+
+    def reshaped_as(self, n: fx.Node, x: Slot, value: torch.Tensor, result: torch.Tensor) -> Slot | None:
+        """``x.reshape_as(other)``: followed as a reshape whose channel size is ``other``'s channel count,
+        where ``other``'s channels land where ``x``'s do; they go together (LeViT's
+        ``bn(x.flatten(0, 1)).reshape_as(x)``)."""
+        other, shape = self.slot_of(n.args[1]), self.env[n.args[1]]
+        if other is None or self.opaque(x) or not isinstance(shape, torch.Tensor) or len(other.ids) != len(x.ids):
+            return None
+        at = _dim(other.axis, shape)
+        sizes = [-1 if d == at else int(size) for d, size in enumerate(shape.shape)]
+        if layout.moved_to("reshape", [sizes], {}, value, result, _dim(x.axis, value), fx.Node) != at:
+            return None
+        self.g.uf.union_arrays(other.ids, x.ids)
+        return Slot(x.ids, x.dep) if at == 1 else Slot(x.ids, x.dep, -1)
 
     def functional_batchnorm(self, n: fx.Node, x: Slot, value: torch.Tensor, result: torch.Tensor) -> Slot | None:
         """``F.batch_norm`` in eval mode, on the running statistics and affine parameters of one module.

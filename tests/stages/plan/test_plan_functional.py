@@ -241,3 +241,40 @@ def test_a_blur_pool_filters_each_channel_by_itself_and_keeps_the_kept_rows(chan
     assert type(pruned[3]) is BlurPool2d and pruned[3].channels == (5 if channels else None)
     assert pruned[3].filt.shape[0] == (5 if channels else 1)
     assert net[3].filt.shape[0] == (8 if channels else 1)    # the caller's network is unchanged
+
+
+class StarReLU(nn.Module):
+    """MetaFormer's activation: ``scale * relu(x) ** 2 + bias`` with one-element parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale, self.bias = nn.Parameter(torch.tensor([0.8])), nn.Parameter(torch.tensor([-0.2]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.relu(x) ** 2 + self.bias
+
+
+class Clipped(nn.Linear):
+    """Gemma 4's clipped linear layer: its input and output clamped to bounds held in 0-d buffers."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout)
+        for name, v in (("lo", -0.5), ("hi", 0.7)):
+            self.register_buffer(name, torch.tensor(v))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(F.linear(torch.clamp(x, self.lo, self.hi), self.weight, self.bias), self.lo, self.hi)
+
+
+def test_a_power_and_a_clamp_by_numbers_held_in_parameters_act_on_each_channel() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), StarReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        Clipped(8, 6), Clipped(6, 4)).eval()
+    _randomize_bn(net)
+    _zero_out(net[0], [2, 5])    # constants through the power: folded into the first clipped layer
+    _zero_out(net[5], [1])       # zero, clamped: a constant into the second
+    plan = make_plan(net, as_inputs(SHAPE))
+    pruned = apply_plan(net, plan)
+    _check_exact(net, pruned, SHAPE)
+    assert (core(pruned[0]).out_channels, pruned[1].num_features, core(pruned[5]).in_features) == (6, 6, 6)
+    assert (core(pruned[5]).out_features, core(pruned[6]).in_features) == (5, 5)

@@ -226,3 +226,45 @@ def test_where_a_layout_change_puts_the_channels(name: str, args: tuple, shape: 
     method = getattr(value, name)
     result = method(*args)
     assert moved_to(name, args, {}, value, result, channel_dim, type(None)) == expected
+
+
+class LinearNorm(nn.Module):
+    """LeViT's linear layer on tokens with a batch-norm over every token's features:
+    ``bn(x.flatten(0, 1)).reshape_as(x)``."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.linear, self.bn = nn.Linear(cin, cout), nn.BatchNorm1d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x)
+        return self.bn(x.flatten(0, 1)).reshape_as(x)
+
+
+class TokenNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 4, stride=4)
+        self.a, self.b = LinearNorm(8, 12), LinearNorm(12, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.conv(x).flatten(2).transpose(1, 2)
+        return self.head(self.b(torch.relu(self.a(t))).mean(1))
+
+
+def test_a_reshape_to_the_shape_of_a_tensor_with_the_same_channels_is_followed() -> None:
+    torch.manual_seed(0)
+    net = TokenNet().eval()
+    _randomize_bn(net)
+    for bn in (net.a.bn, net.b.bn):
+        with torch.no_grad():
+            bn.running_mean.uniform_(-1, 1)
+    _zero_out(net.a.linear, [0, 5, 9])   # constants after the batch-norm: folded into b's linear
+    _zero_in(net.head, [1, 6])           # the head reads neither: b's linear and batch-norm lose them
+    plan = make_plan(net, as_inputs(SHAPE))
+    pruned = apply_plan(net, plan)
+    _check_exact(net, pruned, SHAPE)
+    assert (core(pruned.a.linear).out_features, pruned.a.bn.num_features) == (9, 9)
+    assert (core(pruned.b.linear).in_features, core(pruned.b.linear).out_features) == (9, 6)
+    assert pruned.b.bn.num_features == 6 and pruned.head.in_features == 6
