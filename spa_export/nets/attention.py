@@ -12,6 +12,8 @@ attention weights.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -73,30 +75,79 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.to(dtype)
 
 
+@dataclass(frozen=True)
+class HeadAttributes:
+    """Where an attention class keeps its head geometry, read by its ``forward``: the copy of a
+    pruned one sets them. ``width`` None: the code infers the width (a reshape to ``-1``);
+    ``total``: an attribute holding heads x width (the reshape of the heads' output)."""
+
+    heads: str = "num_heads"
+    width: str | None = "head_dim"
+    total: str | None = None
+
+
+#: timm's attention classes other than ``Attention`` with the same fused layout (one ``qkv`` Linear
+#: whose rows are query, key and value, each ``heads x width``; one ``proj`` Linear reading the
+#: heads' values), whose ``forward`` reads the geometry from the attributes named, scales by
+#: ``self.scale`` unless ``fused_attn`` is on, and computes nothing else per head.
+KNOWN: dict[tuple[str, str], HeadAttributes] = {
+    ("timm.models.hieradet_sam2", "MultiScaleAttention"): HeadAttributes(width=None, total="dim_out"),
+    ("timm.models.hiera", "MaskUnitAttention"): HeadAttributes(heads="heads", total="dim_out"),
+}
+
+
+def _known(mod: nn.Module) -> HeadAttributes | None:
+    return KNOWN.get((type(mod).__module__, type(mod).__name__))
+
+
+def head_attributes(mod: nn.Module) -> HeadAttributes:
+    """The attributes that hold ``mod``'s head geometry (``num_heads`` and ``head_dim`` unless known)."""
+    return _known(mod) or HeadAttributes(total="attn_dim" if hasattr(mod, "attn_dim") else None)
+
+
+def head_shape(mod: nn.Module) -> tuple[int, int]:
+    """``(heads, width)`` of an attention module (``nn.MultiheadAttention`` or a fused-qkv one)."""
+    attrs = _known(mod)
+    if attrs is None:
+        return mod.num_heads, mod.head_dim
+    h = getattr(mod, attrs.heads)
+    return h, (getattr(mod, attrs.width) if attrs.width else mod.proj.in_features // h)
+
+
 def fused_qkv(mod: nn.Module) -> bool:
-    """Whether ``mod`` is timm's ``Attention``: one ``qkv`` Linear reshaped into ``num_heads`` heads of
-    ``head_dim``, softmax attention per head, one ``proj`` Linear; its ``forward`` reads ``num_heads``
-    and ``head_dim`` from the module, so a copy with fewer heads computes the kept heads.
+    """Whether ``mod`` is timm's ``Attention`` (or a class of :data:`KNOWN`): one ``qkv`` Linear
+    reshaped into heads, softmax attention per head, one ``proj`` Linear; its ``forward`` reads the
+    head count and width from the module, so a copy with fewer heads computes the kept heads.
 
     Only the plain form: no normalisation across heads (``norm``), no gate.
     """
     kind = type(mod)
-    if kind.__name__ != "Attention" or not kind.__module__.startswith("timm."):
+    known = _known(mod) is not None
+    if not known and (kind.__name__ != "Attention" or not kind.__module__.startswith("timm.")):
         return False
     qkv, proj = getattr(mod, "qkv", None), getattr(mod, "proj", None)
-    h, d = getattr(mod, "num_heads", None), getattr(mod, "head_dim", None)
-    return (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(h, int)
-            and isinstance(d, int) and qkv.out_features == 3 * h * d and proj.in_features == h * d
+    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
+        return False
+    attrs = head_attributes(mod)
+    h, d = getattr(mod, attrs.heads, None), getattr(mod, attrs.width, None) if attrs.width else None
+    if known and attrs.width is None and isinstance(h, int) and h > 0 and proj.in_features % h == 0:
+        d = proj.in_features // h
+    total = getattr(mod, attrs.total, h * d if isinstance(h, int) and isinstance(d, int) else None) \
+        if attrs.total else None
+    return (isinstance(h, int) and isinstance(d, int) and qkv.out_features == 3 * h * d
+            and proj.in_features == h * d and (total is None or total == h * d)
             and isinstance(getattr(mod, "norm", nn.Identity()), nn.Identity) and getattr(mod, "gate", None) is None)
 
 
 def narrowable_heads(mod: nn.Module) -> bool:
-    """Whether timm's fused-qkv ``mod`` can take heads narrower than it was built with: timm's own
+    """Whether fused-qkv ``mod`` can take heads narrower than it was built with: timm's own
     ``Attention.forward`` (it reads ``head_dim`` and ``attn_dim`` from the module, and scales by
-    ``self.scale`` when ``fused_attn`` is off) with no query/key normalisation (which would mix a
-    head's channels)."""
+    ``self.scale`` when ``fused_attn`` is off) or a class of :data:`KNOWN`, with no query/key
+    normalisation (which would mix a head's channels)."""
     if not fused_qkv(mod):
         return False
+    if _known(mod) is not None:
+        return isinstance(getattr(mod, "scale", None), float) and hasattr(mod, "fused_attn")
     from timm.layers.attention import Attention
 
     return type(mod).forward is Attention.forward and hasattr(mod, "fused_attn") and all(
@@ -112,7 +163,8 @@ def projections(mod: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor |
     """The query, key and value weights and biases of ``mod`` (views, not copies): an
     ``nn.MultiheadAttention``, or timm's ``Attention`` (rows of its ``qkv``)."""
     if fused_qkv(mod):
-        width = mod.num_heads * mod.head_dim
+        h, d = head_shape(mod)
+        width = h * d
         bias = mod.qkv.bias
         return (list(mod.qkv.weight.detach().split(width)),
                 [None] * 3 if bias is None else list(bias.detach().split(width)))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from spa_export.nets.arch import build_model
-from spa_export.nets.attention import fused_qkv
+from spa_export.nets.attention import fused_qkv, head_shape
 from spa_export.nets.metrics import checked_macs
 from spa_export.runtime.inputs import as_inputs, random_tensors
 from spa_export.safety.errors import InputError
@@ -173,11 +173,12 @@ def _head_masks(graph: ChannelGraph, modules: dict, prune: float, rng: np.random
     """Whole attention heads: their query, key and value rows (and the output projection's columns)."""
     for name, weights_read in graph.attention.items():
         mod = modules[name]
-        k = min(int(prune * mod.num_heads), mod.num_heads - 1)
+        h, d = head_shape(mod)
+        k = min(int(prune * h), h - 1)
         if weights_read or k == 0:
             continue
-        heads = rng.choice(mod.num_heads, size=k, replace=False)
-        keep = ~np.isin(np.arange(mod.num_heads * mod.head_dim) // mod.head_dim, heads)
+        heads = rng.choice(h, size=k, replace=False)
+        keep = ~np.isin(np.arange(h * d) // d, heads)
         if fused_qkv(mod):   # timm's Attention: one qkv Linear, its query, key and value rows in turn
             out_masks[f"{name}.qkv"] = np.concatenate([keep, keep, keep])
             if with_inputs:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from spa_export.nets.arch import set_submodule
-from spa_export.nets.attention import PrunedAttention, fused_qkv, projections
+from spa_export.nets.attention import PrunedAttention, fused_qkv, head_attributes, projections
 from spa_export.nets.blur import slice_blur_pool
 from spa_export.nets.modcopy import check_complete, copy_leaving
 from spa_export.safety.errors import BuildError
@@ -221,11 +221,14 @@ def _prune_fused(mod: nn.Module, plan: AttentionPlan) -> nn.Module:
     new.qkv = _attention_linear(mod.qkv.weight.detach(), qkv_bias, rows)
     proj_bias = None if mod.proj.bias is None else mod.proj.bias.detach()
     new.proj = _attention_linear(mod.proj.weight.detach(), proj_bias, torch.arange(mod.proj.out_features), v)
-    new.num_heads = len(plan.heads)
-    if narrow < d:
-        new.head_dim, new.fused_attn = narrow, False   # scale stays head_dim ** -0.5 of the original
-    if hasattr(mod, "attn_dim"):
-        new.attn_dim = len(plan.heads) * narrow
+    attrs = head_attributes(mod)
+    setattr(new, attrs.heads, len(plan.heads))
+    if narrow < d:   # scores scaled by the module's own scale (of the original width), not SDPA's default
+        new.fused_attn = False
+        if attrs.width:
+            setattr(new, attrs.width, narrow)
+    if attrs.total:
+        setattr(new, attrs.total, len(plan.heads) * narrow)
     return new.eval()
 
 

@@ -30,7 +30,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spa_export.nets.attention import fused_qkv, narrowable_heads, out_projection, projections
+from spa_export.nets.attention import (
+    fused_qkv,
+    head_shape,
+    narrowable_heads,
+    out_projection,
+    projections,
+)
 
 
 @dataclass
@@ -80,7 +86,7 @@ def plan_heads(name: str, mod: nn.Module, *, weights_read: bool, round_to: int =
     timm's ``Attention`` (one ``qkv`` reshaped into heads of one width) keeps one width for its
     query, key and value, or whole heads where its code cannot take narrower ones.
     """
-    h, d = mod.num_heads, mod.head_dim
+    h, d = head_shape(mod)
     whole = AttentionPlan(name, h, d, list(range(h)), [list(range(d))] * h, [list(range(d))] * h)
     (wq, wk, wv), (bq, bk, bv) = projections(mod)
     v_gone = (_zero_rows(wv, bv) | (out_projection(mod).weight.detach() == 0).all(0)).reshape(h, d)
@@ -107,7 +113,7 @@ def _plan_fused(name: str, mod: nn.Module, v_gone: torch.Tensor, qk_gone: torch.
                 round_small: bool) -> AttentionPlan:
     """timm's ``Attention``: one ``qkv`` reshaped into heads of one width, so query, key and value
     keep one width (the largest any kept head needs); whole heads only where it cannot narrow."""
-    h, d = mod.num_heads, mod.head_dim
+    h, d = head_shape(mod)
     heads = [i for i in range(h) if not bool(v_gone[i].all())] or [0]
     if narrowable_heads(mod):
         width = _rounded(max(max(int((~qk_gone[i]).sum()), int((~v_gone[i]).sum())) for i in heads),

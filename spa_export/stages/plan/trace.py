@@ -606,7 +606,7 @@ class _Interpreter(fx.Interpreter):
             moved = self.reshaped_as(n, x, value, result)
             if moved is not None:
                 return moved
-        if name in ("mean", "sum") and isinstance(result, torch.Tensor):
+        if name in ("mean", "sum", "amax", "amin") and isinstance(result, torch.Tensor):
             pooled = self.pooled(n, x, value, result)
             if pooled is not None:
                 return pooled
@@ -673,8 +673,9 @@ class _Interpreter(fx.Interpreter):
         return Slot(x.ids, x.dep) if dim == 1 else Slot(x.ids, x.dep, -1)
 
     def pooled(self, n: fx.Node, x: Slot, value: torch.Tensor, result: torch.Tensor) -> Slot | None:
-        """A mean or sum over axes other than the batch and the channels (spatial pooling, a mean over
-        tokens): each channel by itself, on the axis it lands on."""
+        """A mean, sum, maximum or minimum over axes other than the batch and the channels (spatial
+        pooling, a mean over tokens, Hiera's max-pool of token groups): each channel by itself, on the
+        axis it lands on."""
         dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
         dims = [dims] if isinstance(dims, int) else list(dims or [])
         rank, at = value.dim(), _dim(x.axis, value)

@@ -271,3 +271,50 @@ def test_timm_attention_with_query_key_norm_keeps_its_head_width(qk_norm: bool, 
     x = torch.randn(2, 5, 64)
     with torch.no_grad():
         assert torch.allclose(att(x), pruned(x), atol=1e-5)
+
+
+def _hieradet(dim: int) -> nn.Module:
+    from timm.models.hieradet_sam2 import MultiScaleAttention
+
+    return MultiScaleAttention(dim, dim, num_heads=4, q_pool=nn.MaxPool2d(2))
+
+
+def _hiera_global(dim: int) -> nn.Module:
+    from timm.models.hiera import MaskUnitAttention
+
+    return MaskUnitAttention(dim, dim, heads=4, q_stride=4, window_size=0, use_mask_unit_attn=False)
+
+
+def _hiera_units(dim: int) -> nn.Module:
+    from timm.models.hiera import MaskUnitAttention
+
+    return MaskUnitAttention(dim, dim, heads=4, q_stride=1, window_size=4, use_mask_unit_attn=True)
+
+
+@pytest.mark.parametrize(("make", "shape"), [(_hieradet, (2, 4, 4, 32)), (_hiera_global, (2, 16, 32)),
+                                             (_hiera_units, (2, 16, 32))])
+@pytest.mark.parametrize("fused", [True, False])
+def test_timm_attention_classes_with_the_fused_layout_lose_heads_and_narrow(make, shape, fused: bool) -> None:
+    """Hiera's and SAM2-Hiera's attention (``qkv`` rows of query, key and value, heads x width; the
+    head count, width and their product read from attributes): head 2 goes whole (its values are
+    masked) and the others narrow to the widest need (value channels 0-2 of every head masked)."""
+    pytest.importorskip("timm", reason="timm is in the test extra")
+    torch.manual_seed(0)
+    att = make(32).eval()
+    att.fused_attn = fused
+    d = 8
+    with torch.no_grad():
+        att.qkv.weight[64 + 2 * d:64 + 3 * d] = 0          # head 2's value rows
+        att.qkv.bias[64 + 2 * d:64 + 3 * d] = 0
+        for h in range(4):
+            att.qkv.weight[64 + h * d:64 + h * d + 3] = 0  # value channels 0-2 of every head
+            att.qkv.bias[64 + h * d:64 + h * d + 3] = 0
+            att.qkv.weight[h * d:h * d + 4] = 0            # query channels 0-3 of every head
+            att.qkv.bias[h * d:h * d + 4] = 0
+    plan = plan_heads("att", att, weights_read=False)
+    assert plan.heads == [0, 1, 3] and len(plan.qk[0]) == len(plan.v[0]) == 5   # max(8 - 4, 8 - 3)
+    pruned = prune_attention(att, plan)
+    assert pruned.qkv.out_features == 3 * 3 * 5 and pruned.proj.in_features == 15 and att.qkv.out_features == 96
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), att(x), rtol=1e-5, atol=1e-5)

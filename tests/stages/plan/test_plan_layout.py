@@ -268,3 +268,33 @@ def test_a_reshape_to_the_shape_of_a_tensor_with_the_same_channels_is_followed()
     assert (core(pruned.a.linear).out_features, pruned.a.bn.num_features) == (9, 9)
     assert (core(pruned.b.linear).in_features, core(pruned.b.linear).out_features) == (9, 6)
     assert pruned.b.bn.num_features == 6 and pruned.head.in_features == 6
+
+
+class TokenPool(nn.Module):
+    """Token features pooled over groups of tokens (Hiera's ``x.view(B, s, -1, C).amax(dim=1)``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 8, 2, stride=2)
+        self.fc = nn.Linear(8, 10)
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.relu(self.fc(self.conv(x).flatten(2).transpose(1, 2)))   # [N, 16, 10]
+        B, _, C = t.shape
+        groups = t.view(B, 4, -1, C)
+        pooled = getattr(groups, self.how)(dim=1)                           # [N, 4, 10]
+        return self.head(pooled.sum(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("how", ["amax", "amin", "mean"])
+def test_pooling_over_tokens_follows_the_features(how: str) -> None:
+    torch.manual_seed(0)
+    net = TokenPool(how).eval()
+    _zero_out(net.fc, [1, 7])           # zero after the ReLU: constants, folded into the head
+    _zero_in(net.head, [4])             # the head does not read feature 4
+    plan = make_plan(net, as_inputs(SHAPE))
+    pruned = apply_plan(net, plan)
+    _check_exact(net, pruned, SHAPE)
+    assert core(pruned.fc).out_features == 7 and core(pruned.head).in_features == 7
