@@ -33,7 +33,7 @@ UNARY_FUNCTION_NAMES = {
     # elementwise (with a number, or a one-element tensor of parameters, as the other operand)
     "pow", "square", "sqrt", "rsqrt", "exp", "log", "abs", "neg", "reciprocal", "erf", "clamp_min",
     "clamp_max", "clip", "softsign", "tanhshrink", "logsigmoid", "hardshrink", "softshrink", "relu6_",
-    "silu_", "gelu_", "sin", "cos",
+    "silu_", "gelu_", "sin", "cos", "to", "double", "half", "bfloat16",
 }
 
 UNARY_MODULE_NAMES = {

@@ -10,7 +10,8 @@ is made for one input shape, so such a submodule can be traced as it runs on the
 2. a submodule called once is traced again with its recorded arguments attached to the argument
    proxies, and every node made inside it is evaluated on real tensors as it is made
    (:class:`ShapedTracing`): ``shape``, ``size()``, ``dim()`` and ``ndim`` of such a proxy are plain
-   numbers, so Python decides its branches.
+   numbers, and its ``device`` and ``dtype`` the probe's, so Python decides its branches
+   (EfficientViT's ``if v.device.type != 'meta'``).
 
 The graph is then specialised to the probe's shapes, which is the shape the plan is made for: the
 planner's interpreter runs the same probe through it and compares nothing it did not compute. A
@@ -113,6 +114,20 @@ class ShapedProxy(fx.Proxy):
         if known is not None:
             return known.dim()
         return self.tracer.create_proxy("call_function", builtins.getattr, (self, "ndim"), {})
+
+    @property
+    def device(self) -> object:
+        known = self._known()
+        if known is not None:
+            return known.device
+        return self.tracer.create_proxy("call_function", builtins.getattr, (self, "device"), {})
+
+    @property
+    def dtype(self) -> object:
+        known = self._known()
+        if known is not None:
+            return known.dtype
+        return self.tracer.create_proxy("call_function", builtins.getattr, (self, "dtype"), {})
 
     def size(self, *dims: object) -> object:
         known = self._known()

@@ -141,3 +141,39 @@ def test_a_proxy_attribute_among_a_nodes_arguments_adds_no_node_and_the_graph_ru
     assert not [n for n in gm.graph.nodes if n.op == "call_function" and "value" in n.args]
     with torch.no_grad():
         assert torch.equal(gm(x), net(x))
+
+
+class CastOnDevice(nn.Module):
+    """EfficientViT's linear attention in small: a branch on the input's device, a cast to float and
+    back to the input's dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.outer = nn.Conv2d(6, 8, 1), nn.Conv2d(8, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        if x.device.type != "meta":
+            y = torch.relu(y.float()).to(x.dtype)
+        return self.outer(y)
+
+
+def test_a_branch_on_the_device_and_a_cast_to_the_dtype_are_decided_on_the_probe_and_shrink() -> None:
+    from test_plan_cases import _check_exact, _randomize_bn, _zero_out, core
+
+    from spa_export.runtime.inputs import as_inputs
+    from spa_export.stages.apply import apply_plan
+    from spa_export.stages.plan import make_plan
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), CastOnDevice(), nn.Conv2d(6, 4, 1)).eval()
+    _randomize_bn(net)
+    _zero_out(net[0], [0, 4])        # constants into the branch's inner convolution (folded)
+    _zero_out(net[3].inner, [2, 5])  # zero, through the ReLU: folded into the outer one
+    shape = (1, 3, 10, 10)
+    plan = make_plan(net, as_inputs(shape))
+    pruned = apply_plan(net, plan)
+    _check_exact(net, pruned, shape)
+    assert not plan.opaque
+    assert (core(pruned[0]).out_channels, core(pruned[3].inner).in_channels) == (4, 4)
+    assert (core(pruned[3].inner).out_channels, core(pruned[3].outer).in_channels) == (6, 6)
