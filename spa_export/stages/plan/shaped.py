@@ -101,33 +101,17 @@ class ShapedProxy(fx.Proxy):
     def _known(self) -> torch.Tensor | None:
         return self.value if isinstance(self.value, torch.Tensor) else None
 
-    @property
-    def shape(self) -> object:
+    def _read(self, attribute: str) -> object:
+        """``attribute`` of the real value where it is known (a number, a device, a dtype), else a proxy."""
         known = self._known()
         if known is not None:
-            return known.shape
-        return self.tracer.create_proxy("call_function", builtins.getattr, (self, "shape"), {})
+            return getattr(known, attribute)
+        return self.tracer.create_proxy("call_function", builtins.getattr, (self, attribute), {})
 
-    @property
-    def ndim(self) -> object:
-        known = self._known()
-        if known is not None:
-            return known.dim()
-        return self.tracer.create_proxy("call_function", builtins.getattr, (self, "ndim"), {})
-
-    @property
-    def device(self) -> object:
-        known = self._known()
-        if known is not None:
-            return known.device
-        return self.tracer.create_proxy("call_function", builtins.getattr, (self, "device"), {})
-
-    @property
-    def dtype(self) -> object:
-        known = self._known()
-        if known is not None:
-            return known.dtype
-        return self.tracer.create_proxy("call_function", builtins.getattr, (self, "dtype"), {})
+    shape = property(lambda self: self._read("shape"))
+    ndim = property(lambda self: self._read("ndim"))
+    device = property(lambda self: self._read("device"))
+    dtype = property(lambda self: self._read("dtype"))
 
     def size(self, *dims: object) -> object:
         known = self._known()
