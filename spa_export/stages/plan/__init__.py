@@ -1,9 +1,12 @@
 """Plan the channel removal on the unpruned network, in original indices.
 
 What it holds: ``trace`` (torch.fx -> which tensors carry which channels, and who reads them),
-``ops`` (what each operation does to channels), ``unionfind`` (dependency groups), ``decide``
-(masks + groups -> channels kept, removed, or folded as constants), ``heads`` (attention heads),
-``rounding`` (channel counts rounded for the processor) and ``model`` (the plan itself).
+``shaped`` (a submodule traced again on the probe's values), ``ops`` (what each operation does to
+channels), ``layout`` (channels moved by transposes and reshapes), ``counts`` (channel counts read
+from shapes), ``slicing`` (indexing with numbers in the code), ``unionfind`` (dependency groups),
+``decide`` (masks + groups -> channels kept, removed, or folded as constants), ``heads``
+(attention heads), ``rounding`` (channel counts rounded for the processor) and ``model`` (the plan
+itself).
 """
 
 from __future__ import annotations
