@@ -84,15 +84,19 @@ class HeadAttributes:
     heads: str = "num_heads"
     width: str | None = "head_dim"
     total: str | None = None
+    #: the projections and the parts each holds, in row order (TNT: ``qk`` holds query and key, ``v`` value)
+    rows: tuple[tuple[str, str], ...] = (("qkv", "qkv"),)
 
 
 #: timm's attention classes other than ``Attention`` with the same fused layout (one ``qkv`` Linear
-#: whose rows are query, key and value, each ``heads x width``; one ``proj`` Linear reading the
-#: heads' values), whose ``forward`` reads the geometry from the attributes named, scales by
-#: ``self.scale`` unless ``fused_attn`` is on, and computes nothing else per head.
+#: whose rows are query, key and value, each ``heads x width``, or TNT's ``qk`` and ``v``; one ``proj``
+#: Linear reading the heads' values), whose ``forward`` reads the geometry from the attributes named,
+#: scales by ``self.scale`` (by hand, or unless ``fused_attn`` is on), and computes nothing else per
+#: head. Read from each class's code (timm 1.0.31).
 KNOWN: dict[tuple[str, str], HeadAttributes] = {
     ("timm.models.hieradet_sam2", "MultiScaleAttention"): HeadAttributes(width=None, total="dim_out"),
     ("timm.models.hiera", "MaskUnitAttention"): HeadAttributes(heads="heads", total="dim_out"),
+    ("timm.models.tnt", "Attention"): HeadAttributes(rows=(("qk", "qk"), ("v", "v"))),
 }
 
 
@@ -125,17 +129,19 @@ def fused_qkv(mod: nn.Module) -> bool:
     known = _known(mod) is not None
     if not known and (kind.__name__ != "Attention" or not kind.__module__.startswith("timm.")):
         return False
-    qkv, proj = getattr(mod, "qkv", None), getattr(mod, "proj", None)
-    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
-        return False
     attrs = head_attributes(mod)
+    layers = [getattr(mod, child, None) for child, _ in attrs.rows]
+    proj = getattr(mod, "proj", None)
+    if not (all(isinstance(x, nn.Linear) for x in layers) and isinstance(proj, nn.Linear)):
+        return False
     h, d = getattr(mod, attrs.heads, None), getattr(mod, attrs.width, None) if attrs.width else None
     if known and attrs.width is None and isinstance(h, int) and h > 0 and proj.in_features % h == 0:
         d = proj.in_features // h
-    total = getattr(mod, attrs.total, h * d if isinstance(h, int) and isinstance(d, int) else None) \
-        if attrs.total else None
-    return (isinstance(h, int) and isinstance(d, int) and qkv.out_features == 3 * h * d
-            and proj.in_features == h * d and (total is None or total == h * d)
+    if not (isinstance(h, int) and isinstance(d, int)):
+        return False
+    total = getattr(mod, attrs.total, h * d) if attrs.total else h * d
+    return (all(x.out_features == len(parts) * h * d for x, (_, parts) in zip(layers, attrs.rows, strict=True))
+            and proj.in_features == h * d and total == h * d
             and isinstance(getattr(mod, "norm", nn.Identity()), nn.Identity) and getattr(mod, "gate", None) is None)
 
 
@@ -146,8 +152,9 @@ def narrowable_heads(mod: nn.Module) -> bool:
     normalisation (which would mix a head's channels)."""
     if not fused_qkv(mod):
         return False
-    if _known(mod) is not None:
-        return isinstance(getattr(mod, "scale", None), float) and hasattr(mod, "fused_attn")
+    if _known(mod) is not None:   # scores scaled by ``self.scale``: computed by hand, or SDPA turned off
+        return isinstance(getattr(mod, "scale", None), float) and (
+            hasattr(mod, "fused_attn") or _known(mod).rows != HeadAttributes.rows)
     from timm.layers.attention import Attention
 
     return type(mod).forward is Attention.forward and hasattr(mod, "fused_attn") and all(
@@ -164,10 +171,13 @@ def projections(mod: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor |
     ``nn.MultiheadAttention``, or timm's ``Attention`` (rows of its ``qkv``)."""
     if fused_qkv(mod):
         h, d = head_shape(mod)
-        width = h * d
-        bias = mod.qkv.bias
-        return (list(mod.qkv.weight.detach().split(width)),
-                [None] * 3 if bias is None else list(bias.detach().split(width)))
+        weights: list[torch.Tensor] = []
+        biases: list[torch.Tensor | None] = []
+        for child, parts in head_attributes(mod).rows:
+            layer = getattr(mod, child)
+            weights += layer.weight.detach().split(h * d)
+            biases += [None] * len(parts) if layer.bias is None else layer.bias.detach().split(h * d)
+        return weights, biases
     e = mod.embed_dim
     if mod._qkv_same_embed_dim:
         weights = list(mod.in_proj_weight.detach().split(e))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from spa_export.nets.arch import build_model
-from spa_export.nets.attention import fused_qkv, head_shape
+from spa_export.nets.attention import fused_qkv, head_attributes, head_shape
 from spa_export.nets.metrics import checked_macs
 from spa_export.runtime.inputs import as_inputs, random_tensors
 from spa_export.safety.errors import InputError
@@ -180,7 +180,8 @@ def _head_masks(graph: ChannelGraph, modules: dict, prune: float, rng: np.random
         heads = rng.choice(h, size=k, replace=False)
         keep = ~np.isin(np.arange(h * d) // d, heads)
         if fused_qkv(mod):   # timm's Attention: one qkv Linear, its query, key and value rows in turn
-            out_masks[f"{name}.qkv"] = np.concatenate([keep, keep, keep])
+            for child, parts in head_attributes(mod).rows:
+                out_masks[f"{name}.{child}"] = np.concatenate([keep] * len(parts))
             if with_inputs:
                 in_masks[f"{name}.proj"] = keep
             continue

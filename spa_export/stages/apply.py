@@ -209,22 +209,27 @@ def _attention_linear(weight: torch.Tensor, bias: torch.Tensor | None, rows: tor
 
 def _prune_fused(mod: nn.Module, plan: AttentionPlan) -> nn.Module:
     """timm's ``Attention`` with only the plan's heads and channels: a copy of the module whose ``qkv``
-    keeps those heads' query, key and value rows and whose ``proj`` reads only their value columns.
+    (TNT's ``qk`` and ``v``) keeps those heads' query, key and value rows and whose ``proj`` reads only
+    their value columns.
     Narrower heads compute their scores with the module's own ``scale`` (of the original width):
     ``fused_attn`` off, since ``scaled_dot_product_attention`` would take the new width's."""
     d, width, narrow = plan.head_dim, plan.num_heads * plan.head_dim, len(plan.qk[0])
     qk = torch.as_tensor([h * d + c for h, cs in zip(plan.heads, plan.qk, strict=True) for c in cs])
     v = torch.as_tensor([h * d + c for h, cs in zip(plan.heads, plan.v, strict=True) for c in cs])
-    rows = torch.cat([qk, width + qk, 2 * width + v])
-    new = _own_copy(mod, leaving=("qkv", "proj"))
-    qkv_bias = None if mod.qkv.bias is None else mod.qkv.bias.detach()
-    new.qkv = _attention_linear(mod.qkv.weight.detach(), qkv_bias, rows)
+    attrs = head_attributes(mod)
+    kept = {"q": qk, "k": qk, "v": v}
+    new = _own_copy(mod, leaving=(*(child for child, _ in attrs.rows), "proj"))
+    for child, parts in attrs.rows:   # each projection's rows: its parts in turn (query, key, value)
+        rows = torch.cat([i * width + kept[part] for i, part in enumerate(parts)])
+        layer = getattr(mod, child)
+        bias = None if layer.bias is None else layer.bias.detach()
+        setattr(new, child, _attention_linear(layer.weight.detach(), bias, rows))
     proj_bias = None if mod.proj.bias is None else mod.proj.bias.detach()
     new.proj = _attention_linear(mod.proj.weight.detach(), proj_bias, torch.arange(mod.proj.out_features), v)
-    attrs = head_attributes(mod)
     setattr(new, attrs.heads, len(plan.heads))
     if narrow < d:   # scores scaled by the module's own scale (of the original width), not SDPA's default
-        new.fused_attn = False
+        if hasattr(mod, "fused_attn"):
+            new.fused_attn = False
         if attrs.width:
             setattr(new, attrs.width, narrow)
     if attrs.total:

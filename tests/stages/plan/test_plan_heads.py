@@ -318,3 +318,29 @@ def test_timm_attention_classes_with_the_fused_layout_lose_heads_and_narrow(make
     x = torch.randn(*shape)
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), att(x), rtol=1e-5, atol=1e-5)
+
+
+def test_tnt_attention_with_separate_query_key_and_value_projections_loses_heads_and_narrows() -> None:
+    """TNT's attention: ``qk`` holds query and key rows, ``v`` the values; the same plan as above."""
+    pytest.importorskip("timm", reason="timm is in the test extra")
+    from timm.models.tnt import Attention
+
+    torch.manual_seed(0)
+    att = Attention(32, 32, num_heads=4, qkv_bias=True).eval()
+    d = 8
+    with torch.no_grad():
+        att.v.weight[2 * d:3 * d] = 0                      # head 2's value rows
+        att.v.bias[2 * d:3 * d] = 0
+        for h in range(4):
+            att.v.weight[h * d:h * d + 3] = 0              # value channels 0-2 of every head
+            att.v.bias[h * d:h * d + 3] = 0
+            att.qk.weight[32 + h * d:32 + h * d + 4] = 0   # key channels 0-3 of every head
+            att.qk.bias[32 + h * d:32 + h * d + 4] = 0
+    plan = plan_heads("att", att, weights_read=False)
+    assert plan.heads == [0, 1, 3] and len(plan.qk[0]) == len(plan.v[0]) == 5
+    pruned = prune_attention(att, plan)
+    assert (pruned.qk.out_features, pruned.v.out_features, pruned.proj.in_features) == (30, 15, 15)
+    assert (pruned.num_heads, pruned.head_dim, att.num_heads) == (3, 5, 4)
+    x = torch.randn(2, 6, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), att(x), rtol=1e-5, atol=1e-5)
