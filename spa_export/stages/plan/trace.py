@@ -514,12 +514,11 @@ class _Interpreter(fx.Interpreter):
         cut = slicing.channel_slice(n.args[1], value.dim(), _dim(x.axis, value), len(x.ids))
         if cut is None or cut.start >= cut.stop:
             return None
-        if cut.channel_dim not in (1, result.dim() - 1) or (cut.channel_dim != 1 and result.dim() < 3):
-            return None
-        if cut.fixed:
+        taken = _slot_on(x.ids[cut.start:cut.stop], x.dep[cut.start:cut.stop], cut.channel_dim, result)
+        if taken is not None and cut.fixed:
             self.g.holds.append((x.ids[:cut.fixed], f"indexed by '{n.name}' with numbers in the code (the "
                                                     "channels before the end of its slice keep their places)"))
-        return Slot(x.ids[cut.start:cut.stop], x.dep[cut.start:cut.stop], 1 if cut.channel_dim == 1 else -1)
+        return taken
 
     def from_parameters(self, arg: object) -> bool:
         """Whether ``arg`` is computed from the network's parameters and buffers alone (never its input)."""
@@ -662,7 +661,8 @@ class _Interpreter(fx.Interpreter):
         if self.opaque(x):
             return None
         dim = layout.moved_to(name, n.args[1:], dict(n.kwargs), value, result, _dim(x.axis, value), fx.Node)
-        if dim is None or dim not in (1, result.dim() - 1):
+        moved = None if dim is None else _slot_on(x.ids, x.dep, dim, result)
+        if moved is None:
             return None
         size = layout.size_at(name, n.args[1:], dict(n.kwargs), dim)
         if isinstance(size, fx.Node):   # a size read from a shape: the channels it counts and these go together
@@ -670,7 +670,7 @@ class _Interpreter(fx.Interpreter):
             if counted is None:
                 return None
             self.g.uf.union_arrays(counted, x.ids)
-        return Slot(x.ids, x.dep) if dim == 1 else Slot(x.ids, x.dep, -1)
+        return moved
 
     def pooled(self, n: fx.Node, x: Slot, value: torch.Tensor, result: torch.Tensor) -> Slot | None:
         """A mean, sum, maximum or minimum over axes other than the batch and the channels (spatial
@@ -685,9 +685,7 @@ class _Interpreter(fx.Interpreter):
         new = at if keep else at - sum(d < at for d in {d % rank for d in dims})
         if result.dim() < 2 or new >= result.dim() or result.shape[new] != len(x.ids):
             return None
-        if new == 1:
-            return Slot(x.ids, x.dep)
-        return Slot(x.ids, x.dep, -1) if new == result.dim() - 1 else None
+        return _slot_on(x.ids, x.dep, new, result)
 
     def reshaped_as(self, n: fx.Node, x: Slot, value: torch.Tensor, result: torch.Tensor) -> Slot | None:
         """``x.reshape_as(other)``: followed as a reshape whose channel size is ``other``'s channel count,
@@ -701,7 +699,7 @@ class _Interpreter(fx.Interpreter):
         if layout.moved_to("reshape", [sizes], {}, value, result, _dim(x.axis, value), fx.Node) != at:
             return None
         self.g.uf.union_arrays(other.ids, x.ids)
-        return Slot(x.ids, x.dep) if at == 1 else Slot(x.ids, x.dep, -1)
+        return _slot_on(x.ids, x.dep, at, result)
 
     def functional_batchnorm(self, n: fx.Node, x: Slot, value: torch.Tensor, result: torch.Tensor) -> Slot | None:
         """``F.batch_norm`` in eval mode, on the running statistics and affine parameters of one module.
@@ -886,6 +884,13 @@ def _same_channels(a: torch.Tensor, b: object, axis: int = 1) -> bool:
         return isinstance(b, torch.Tensor) and a.dim() >= 3 and a.shape == b.shape
     return isinstance(b, torch.Tensor) and a.dim() >= 2 and b.dim() >= 2 and a.shape[1] == b.shape[1] \
         and a.shape[0] == b.shape[0]
+
+
+def _slot_on(ids: np.ndarray, dep: np.ndarray, dim: int, result: torch.Tensor) -> Slot | None:
+    """Channels on dimension ``dim`` of ``result`` as a slot: axis 1, or the last axis; None elsewhere."""
+    if dim == 1:
+        return Slot(ids, dep)
+    return Slot(ids, dep, -1) if dim == result.dim() - 1 else None
 
 
 def _dim(axis: int, value: torch.Tensor) -> int:
