@@ -4,9 +4,10 @@
 binomial filter, channel by channel (``groups`` = channels), so it acts on
 each channel by itself and a channel that goes takes its filter row with it.
 Built with ``channels`` it holds one filter row per channel (``filt``:
-``[C, 1, k, k]``) and reads ``channels`` in ``forward``: a pruned copy keeps
-the kept channels' rows and their count. Built without, it expands one row to
-whatever it is given and needs no change.
+``[C, 1, k, k]``) and reads ``channels`` in ``forward``: a pruned copy
+(:mod:`spa_export.stages.apply`) keeps the kept channels' rows and their
+count. Built without, it expands one row to whatever it is given and needs
+no change.
 """
 
 from __future__ import annotations
@@ -28,13 +29,3 @@ def is_blur_pool(mod: nn.Module) -> bool:
 def sized(mod: nn.Module) -> bool:
     """Whether ``mod`` (a blur pool) holds one filter row per channel, so that its copy must shrink."""
     return mod.channels is not None
-
-
-def slice_blur_pool(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
-    """A copy of blur pool ``mod`` for the ``keep`` channels (``mod`` is not changed)."""
-    new = nn.Module.__new__(type(mod))
-    new.__dict__.update(mod.__dict__)
-    new._parameters, new._modules = dict(mod._parameters), dict(mod._modules)
-    new._buffers = {**mod._buffers, "filt": mod.filt.detach()[keep].clone()}
-    new.channels = len(keep)
-    return new.eval()

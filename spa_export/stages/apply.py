@@ -17,7 +17,6 @@ from torch import nn
 
 from spa_export.nets.arch import set_submodule
 from spa_export.nets.attention import PrunedAttention, fused_qkv, head_attributes, projections
-from spa_export.nets.blur import slice_blur_pool
 from spa_export.nets.modcopy import check_complete, copy_leaving
 from spa_export.safety.errors import BuildError
 from spa_export.stages.plan.heads import AttentionPlan
@@ -67,8 +66,12 @@ def _slice(mod: nn.Module, name: str, mp: ModulePlan) -> nn.Module:
         if mod.bias is not None:
             new.bias.copy_(mod.bias[keep])
         return new
-    if mp.kind == "blur":
-        return slice_blur_pool(mod, _index(mp.out_keep, mod.channels))
+    if mp.kind == "blur":   # timm's BlurPool2d: one filter row per channel, and their count
+        keep = _index(mp.out_keep, mod.channels)
+        new = _own_copy(mod)
+        new.filt = mod.filt.detach()[keep].clone()
+        new.channels = len(keep)
+        return new.eval()
     if mp.kind == "linear":
         out_i, in_i = _index(mp.out_keep, mod.out_features), _index(mp.in_keep, mod.in_features)
         new = _linear_like(mod, len(in_i), len(out_i), bias=mod.bias is not None)
